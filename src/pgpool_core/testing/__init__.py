@@ -1,0 +1,43 @@
+"""Test support for pgpool users and for pgpool itself.
+
+Installed as a pytest plugin (``pytest11`` entry point ``pgpool``), it provides a throwaway
+PostgreSQL per test session and a fresh database per test:
+
+- ``postgres_server``: a :class:`PostgresServer` handle (``url``, ``stop``, ``start``,
+  ``restart``, ``activity``, ``query``, ``terminate_backends``);
+- ``postgres_url``: a superuser libpq URL on that server;
+- ``postgres_db_url``: the URL of a new, empty database, dropped after the test.
+
+The server comes from, in order: ``PGPOOL_TEST_DSN``; testcontainers when a Docker engine
+answers; local PostgreSQL binaries (``initdb`` + ``pg_ctl``, run as an unprivileged user
+when the tests run as root); the ``embedded`` extra's binaries.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+from ._discovery import DSN_ENV, SEARCH_DIRS_ENV, SOURCE_ENV, Source
+from ._plugin import (
+    postgres_db_url,
+    postgres_server,
+    postgres_url,
+    pytest_collection_finish,
+    pytest_configure,
+)
+from ._server import PostgresServer, ServerControlUnavailable, ServerStartError
+
+__all__ = [
+    "DSN_ENV",
+    "SEARCH_DIRS_ENV",
+    "SOURCE_ENV",
+    "PostgresServer",
+    "ServerControlUnavailable",
+    "ServerStartError",
+    "Source",
+    "postgres_db_url",
+    "postgres_server",
+    "postgres_url",
+    "pytest_collection_finish",
+    "pytest_configure",
+]
