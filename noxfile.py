@@ -12,7 +12,7 @@ nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.error_on_missing_interpreters = False
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
-SOURCES = ["src", "tests", "benchmarks", "noxfile.py"]
+SOURCES = ["."]
 
 
 def install_dev(session: nox.Session) -> None:
