@@ -69,11 +69,11 @@ def _first_json_line(proc: subprocess.Popen[str], timeout: float) -> dict[str, o
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
 def test_interrupted_run_leaves_no_postmaster(
-    sig: signal.Signals, tmp_path: Path, postgres_server: PostgresServer
+    sig: signal.Signals, tmp_path: Path, restartable_server: PostgresServer
 ) -> None:
     """After Ctrl-C or SIGKILL of pytest, its postmaster is gone and its directory removed."""
-    if postgres_server.postmaster_pid is None:
-        pytest.skip(f"the {postgres_server.source.value} source starts no local postmaster")
+    if restartable_server.postmaster_pid is None:
+        pytest.skip(f"the {restartable_server.source.value} source starts no local postmaster")
     (tmp_path / "test_child.py").write_text(CHILD_TEST, encoding="utf-8")
     ini = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
     (tmp_path / "pytest.ini").write_text(ini, encoding="utf-8")

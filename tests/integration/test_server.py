@@ -23,9 +23,10 @@ async def test_aiopg_reaches_the_server(postgres_url: str, postgres_server: Post
 
 
 async def test_restart_through_the_handle_then_connect_again(
-    postgres_server: PostgresServer,
+    restartable_server: PostgresServer,
 ) -> None:
     """Stopping refuses connections; after start the same URL works again with a new postmaster."""
+    postgres_server = restartable_server
     before = postgres_server.query("SELECT pg_postmaster_start_time() AS t")[0]["t"]
     postgres_server.stop()
     assert not postgres_server.is_running()
