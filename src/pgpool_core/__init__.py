@@ -1,7 +1,49 @@
-"""pgpool: a framework-free asyncio connection pool for PostgreSQL, built on aiopg."""
+"""pgpool: a framework-free asyncio connection pool for PostgreSQL, built on aiopg.
+
+.. versionadded:: 0.1
+"""
 
 from __future__ import annotations
 
+from ._config import PoolSettings, redact_dsn
+from ._connector import AiopgConnector, Connector, DriverConnection, TxStatus
+from ._manager import OnDuration, OnError, PoolManager, PoolStatus, PostgresConnector
+from ._result import QueryResult
+from ._state import PoolState
+from .errors import (
+    ConnectionException,
+    PoolClosedError,
+    PoolError,
+    PoolTimeoutError,
+    PoolUnavailableError,
+    QueryTimeoutError,
+    SettingsError,
+    TooManyRequestsError,
+)
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "AiopgConnector",
+    "ConnectionException",
+    "Connector",
+    "DriverConnection",
+    "OnDuration",
+    "OnError",
+    "PoolClosedError",
+    "PoolError",
+    "PoolManager",
+    "PoolSettings",
+    "PoolState",
+    "PoolStatus",
+    "PoolTimeoutError",
+    "PoolUnavailableError",
+    "PostgresConnector",
+    "QueryResult",
+    "QueryTimeoutError",
+    "SettingsError",
+    "TooManyRequestsError",
+    "TxStatus",
+    "__version__",
+    "redact_dsn",
+]

@@ -12,12 +12,16 @@ The server comes from, in order: ``PGPOOL_TEST_DSN``; testcontainers when a Dock
 answers; local PostgreSQL binaries (``initdb`` + ``pg_ctl``, run as an unprivileged user
 when the tests run as root); the ``embedded`` extra's binaries.
 
+For unit tests without a database, :class:`FakeConnector` drives a ``PoolManager``
+(``PoolManager(connector=FakeConnector())``) and can fail, block or hang on demand.
+
 .. versionadded:: 0.1
 """
 
 from __future__ import annotations
 
 from ._discovery import DSN_ENV, SEARCH_DIRS_ENV, SOURCE_ENV, Source
+from ._fakes import FakeConnection, FakeConnector, Script
 from ._plugin import (
     postgres_db_url,
     postgres_server,
@@ -25,13 +29,21 @@ from ._plugin import (
     pytest_collection_finish,
     pytest_configure,
 )
-from ._server import PostgresServer, ServerControlUnavailable, ServerStartError
+from ._server import (
+    PostgresServer,
+    ServerControlUnavailable,
+    ServerStartError,
+    start_first_available,
+)
 
 __all__ = [
     "DSN_ENV",
     "SEARCH_DIRS_ENV",
     "SOURCE_ENV",
+    "FakeConnection",
+    "FakeConnector",
     "PostgresServer",
+    "Script",
     "ServerControlUnavailable",
     "ServerStartError",
     "Source",
@@ -40,4 +52,5 @@ __all__ = [
     "postgres_url",
     "pytest_collection_finish",
     "pytest_configure",
+    "start_first_available",
 ]

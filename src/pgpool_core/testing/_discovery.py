@@ -179,8 +179,10 @@ _VERSION_IN_PATH = re.compile(r"(\d+(?:\.\d+)?)")
 
 
 def _version_key(path: str) -> tuple[float, str]:
-    numbers = [float(m) for m in _VERSION_IN_PATH.findall(path)]
-    return (max(numbers) if numbers else 0.0, path)
+    # The version is the number nearest to bin/ (".../postgresql/15/bin",
+    # ".../postgresql@16/bin"); numbers further up (a temp dir's) say nothing.
+    numbers = _VERSION_IN_PATH.findall(path)
+    return (float(numbers[-1]) if numbers else 0.0, path)
 
 
 def _has_server_binaries(directory: Path) -> bool:

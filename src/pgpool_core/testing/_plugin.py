@@ -14,15 +14,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ._discovery import (
-    HOW_TO_GET_ONE,
-    Probes,
-    docker_available,
-    find_embedded_bindir,
-    find_local_bindir,
-    plan_sources,
-)
-from ._server import PostgresServer, start_server
+from ._discovery import HOW_TO_GET_ONE
+from ._server import PostgresServer, start_first_available
 
 __all__ = [
     "postgres_db_url",
@@ -61,36 +54,32 @@ def provision(config: pytest.Config) -> Provisioned:
     """Start (once) the first source that works; later calls return the same result."""
     if _KEY in config.stash:
         return config.stash[_KEY]
-    result = Provisioned()
+    server, problems = start_first_available(os.environ)
+    result = Provisioned(server, problems)
     config.stash[_KEY] = result
-    probes = Probes(
-        docker_available=docker_available,
-        find_local_bindir=find_local_bindir,
-        find_embedded_bindir=find_embedded_bindir,
-    )
-    try:
-        plans, result.problems = plan_sources(os.environ, probes)
-    except ValueError as exc:
-        result.problems = [str(exc)]
-        return result
-    for plan in plans:
-        try:
-            server = start_server(plan)
-        except Exception as exc:  # try the next source, keep the reason
-            result.problems.append(f"{plan.source.value}: {exc}")
-            continue
-        result.server = server
+    if server is not None:
         config.add_cleanup(server.close)
         _create_template(server)
-        break
     return result
+
+
+#: Contrib extensions installed into the template when the server ships them.
+TEMPLATE_EXTENSIONS = ("hstore", "uuid-ossp")
 
 
 def _create_template(server: PostgresServer) -> None:
     with server.connect() as conn, conn.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [TEMPLATE_DB])
-        if cur.fetchone() is None:
-            cur.execute(f'CREATE DATABASE "{TEMPLATE_DB}" TEMPLATE template0')
+        if cur.fetchone() is not None:
+            return
+        cur.execute(f'CREATE DATABASE "{TEMPLATE_DB}" TEMPLATE template0')
+    with server.connect(TEMPLATE_DB) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT name FROM pg_available_extensions WHERE name = ANY(%s)",
+            [list(TEMPLATE_EXTENSIONS)],
+        )
+        for (name,) in cur.fetchall():
+            cur.execute(f'CREATE EXTENSION IF NOT EXISTS "{name}"')
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -25,12 +25,22 @@ from typing import Any, Protocol
 import psycopg2
 import psycopg2.extensions
 
-from ._discovery import Source, SourcePlan, server_os_user
+from ._discovery import (
+    Probes,
+    Source,
+    SourcePlan,
+    docker_available,
+    find_embedded_bindir,
+    find_local_bindir,
+    plan_sources,
+    server_os_user,
+)
 
 __all__ = [
     "PostgresServer",
     "ServerControlUnavailable",
     "ServerStartError",
+    "start_first_available",
     "start_server",
 ]
 
@@ -482,3 +492,28 @@ def start_server(plan: SourcePlan) -> PostgresServer:
         backend.close()
         raise
     return PostgresServer(plan.source, backend, version)
+
+
+def start_first_available(
+    env: Mapping[str, str] | None = None,
+) -> tuple[PostgresServer | None, list[str]]:
+    """Start the first source that works, in the documented order.
+
+    Returns the server (or ``None``) and why each passed-over source was not used. The
+    caller owns the server: ``close()`` it when done.
+    """
+    probes = Probes(
+        docker_available=docker_available,
+        find_local_bindir=find_local_bindir,
+        find_embedded_bindir=find_embedded_bindir,
+    )
+    try:
+        plans, problems = plan_sources(os.environ if env is None else env, probes)
+    except ValueError as exc:
+        return None, [str(exc)]
+    for plan in plans:
+        try:
+            return start_server(plan), problems
+        except Exception as exc:  # try the next source, keep the reason
+            problems.append(f"{plan.source.value}: {exc}")
+    return None, problems

@@ -1,0 +1,311 @@
+"""Typed pool settings: defaults, parsing from mappings and the environment, validation, redaction.
+
+Precedence, highest first: explicit keyword arguments, a mapping with ``postgres_*`` keys
+(e.g. Tornado application settings), ``POSTGRES_*`` environment variables, defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2.extensions
+
+from .errors import SettingsError
+
+__all__ = ["PoolSettings", "redact_dsn"]
+
+# field -> (mapping keys, environment variables), first match wins within a source.
+# The sprockets-postgres names come first; new fields follow the postgres_<field> rule.
+_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "url": (("postgres_url",), ("POSTGRES_URL",)),
+    "min_size": (("postgres_min_pool_size",), ("POSTGRES_MIN_POOL_SIZE",)),
+    "max_size": (("postgres_max_pool_size",), ("POSTGRES_MAX_POOL_SIZE",)),
+    "connect_timeout": (
+        ("postgres_connection_timeout", "postgres_connect_timeout"),
+        ("POSTGRES_CONNECTION_TIMEOUT", "POSTGRES_CONNECT_TIMEOUT"),
+    ),
+    "acquire_timeout": (("postgres_acquire_timeout",), ("POSTGRES_ACQUIRE_TIMEOUT",)),
+    "query_timeout": (("postgres_query_timeout",), ("POSTGRES_QUERY_TIMEOUT",)),
+    "max_lifetime": (
+        ("postgres_connection_ttl", "postgres_max_lifetime"),
+        ("POSTGRES_CONNECTION_TTL", "POSTGRES_MAX_LIFETIME"),
+    ),
+    "max_idle": (("postgres_max_idle",), ("POSTGRES_MAX_IDLE",)),
+    "max_waiting": (("postgres_max_waiting",), ("POSTGRES_MAX_WAITING",)),
+    "cancel_timeout": (("postgres_cancel_timeout",), ("POSTGRES_CANCEL_TIMEOUT",)),
+    "enable_hstore": (("postgres_hstore",), ("POSTGRES_HSTORE",)),
+    "enable_json": (("postgres_json",), ("POSTGRES_JSON",)),
+    "enable_uuid": (("postgres_uuid",), ("POSTGRES_UUID",)),
+    "application_name": (("postgres_application_name",), ("POSTGRES_APPLICATION_NAME",)),
+}
+
+_TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
+_FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
+
+_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s]*)", re.IGNORECASE)
+_MASK = "***"
+
+
+def redact_dsn(dsn: str) -> str:
+    """Mask every password in a libpq URL or key=value DSN (userinfo, query, multi-host).
+
+    >>> redact_dsn("postgresql://app:s3cret@db:5432/main?sslmode=require")
+    'postgresql://app:***@db:5432/main?sslmode=require'
+    """
+    if "://" not in dsn:
+        return _PASSWORD_KV.sub(lambda m: m.group(1) + _MASK, dsn)
+    try:
+        parts = urllib.parse.urlsplit(dsn)
+    except ValueError:
+        return "<unparsable url>"
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:{_MASK}@{hosts}"
+    query = parts.query
+    if query:
+        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+        query = "&".join(
+            f"{urllib.parse.quote(k)}={_MASK if k.lower() == 'password' else urllib.parse.quote(v)}"
+            for k, v in pairs
+        )
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _parse_bool(key: str, source: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE:
+        return True
+    if isinstance(value, str) and value.strip().lower() in _FALSE:
+        return False
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise SettingsError(
+        f"{key} from {source}: expected a boolean (true/false/1/0/yes/no/on/off), got {value!r}"
+    )
+
+
+def _parse_float(key: str, source: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise SettingsError(f"{key} from {source}: expected seconds as a number, got {value!r}")
+    try:
+        number = float(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise SettingsError(
+            f"{key} from {source}: expected seconds as a number, got {value!r}"
+        ) from None
+    if not math.isfinite(number):
+        raise SettingsError(
+            f"{key} from {source}: expected a finite number of seconds, got {value!r}"
+        )
+    return number
+
+
+def _parse_int(key: str, source: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise SettingsError(f"{key} from {source}: expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise SettingsError(f"{key} from {source}: expected an integer, got {value!r}")
+
+
+def _parse_str(key: str, source: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise SettingsError(f"{key} from {source}: expected a string, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """Everything a :class:`~pgpool_core.PoolManager` is configured with. Seconds are floats.
+
+    :param url: libpq URL (``postgresql://user:pw@host:port/db?application_name=x``) or
+        key=value DSN. Query parameters reach libpq. Required to start a pool.
+    :param min_size: connections kept open, even when idle (default 1).
+    :param max_size: most connections open at once (default 10).
+    :param connect_timeout: bound on opening one connection (default 10 s).
+    :param acquire_timeout: bound on waiting for a free connection (default 10 s).
+    :param query_timeout: default bound on one statement, cancelled server-side on expiry
+        (default 120 s).
+    :param max_lifetime: a connection's true age limit, jittered a few percent (default 300 s).
+    :param max_idle: idle connections above ``min_size`` are closed after this (default 600 s).
+    :param max_waiting: most requests waiting for a connection; 0 = unlimited (default 0).
+    :param cancel_timeout: bound on a server-side cancel request (default 5 s).
+    :param enable_hstore: register the hstore adapter (needs the extension; default False).
+    :param enable_json: register aiopg's json adapter (default False).
+    :param enable_uuid: register the uuid adapter (default True).
+    :param application_name: sets ``application_name`` unless the URL has one.
+
+    .. versionadded:: 0.1
+    """
+
+    url: str = field(default="", repr=False)
+    min_size: int = 1
+    max_size: int = 10
+    connect_timeout: float = 10.0
+    acquire_timeout: float = 10.0
+    query_timeout: float = 120.0
+    max_lifetime: float = 300.0
+    max_idle: float = 600.0
+    max_waiting: int = 0
+    cancel_timeout: float = 5.0
+    enable_hstore: bool = False
+    enable_json: bool = False
+    enable_uuid: bool = True
+    application_name: str | None = None
+
+    def __post_init__(self) -> None:
+        # Coerce and validate explicit values with the same rules as the other sources.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            coerced = _coerce(f.name, "arguments", value)
+            if coerced is not value:
+                object.__setattr__(self, f.name, coerced)
+        self._validate()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if f.name != "url"
+        )
+        return f"PoolSettings(url={redact_dsn(self.url)!r}, {shown})"
+
+    def _validate(self) -> None:
+        if self.min_size < 0:
+            raise SettingsError(f"min_size: must be >= 0, got {self.min_size}")
+        if self.max_size < 1:
+            raise SettingsError(f"max_size: must be >= 1, got {self.max_size}")
+        if self.min_size > self.max_size:
+            raise SettingsError(
+                f"min_size ({self.min_size}) must not exceed max_size ({self.max_size})"
+            )
+        if self.max_waiting < 0:
+            raise SettingsError(
+                f"max_waiting: must be >= 0 (0 = unlimited), got {self.max_waiting}"
+            )
+        for name in (
+            "connect_timeout",
+            "acquire_timeout",
+            "query_timeout",
+            "max_lifetime",
+            "max_idle",
+            "cancel_timeout",
+        ):
+            value = getattr(self, name)
+            if value <= 0:
+                raise SettingsError(f"{name}: must be > 0 seconds, got {value}")
+        if self.url:
+            _validate_url(self.url)
+
+    @property
+    def redacted_url(self) -> str:
+        """The URL with every password masked, safe for logs and status."""
+        return redact_dsn(self.url)
+
+    def as_dict(self) -> dict[str, Any]:
+        """All settings, the URL redacted."""
+        data = dataclasses.asdict(self)
+        data["url"] = self.redacted_url
+        return data
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **explicit: Any) -> PoolSettings:
+        """Settings from ``POSTGRES_*`` variables; explicit keyword arguments win."""
+        return cls.from_mapping({}, env=env, **explicit)
+
+    @classmethod
+    def from_mapping(
+        cls, mapping: Mapping[str, Any], env: Mapping[str, str] | None = None, **explicit: Any
+    ) -> PoolSettings:
+        """Settings from ``postgres_*`` keys (e.g. Tornado settings), then ``POSTGRES_*`` env.
+
+        :raises SettingsError: naming the key, its source and the bad value.
+        """
+        env = os.environ if env is None else env
+        unknown = set(explicit) - set(_KEYS)
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        for name, (keys, env_names) in _KEYS.items():
+            if name in explicit and explicit[name] is not None:
+                values[name] = _coerce(name, "arguments", explicit[name])
+                continue
+            found = _first(mapping, keys, "settings")
+            if found is None:
+                found = _first(env, env_names, "environment")
+            if found is not None:
+                key, source, raw = found
+                values[name] = _coerce(name, f"{source} {key}", raw)
+        return cls(**values)
+
+
+def _first(
+    source: Mapping[str, Any], keys: tuple[str, ...], label: str
+) -> tuple[str, str, Any] | None:
+    for key in keys:
+        if key in source and source[key] is not None and source[key] != "":
+            return key, label, source[key]
+    return None
+
+
+def _coerce(name: str, source: str, value: Any) -> Any:
+    kind = PoolSettings.__dataclass_fields__[name].type
+    if kind == "bool":
+        return _parse_bool(name, source, value)
+    if kind == "float":
+        return _parse_float(name, source, value)
+    if kind == "int":
+        return _parse_int(name, source, value)
+    if value is None and name == "application_name":
+        return None
+    return _parse_str(name, source, value)
+
+
+def _validate_url(url: str) -> None:
+    if "://" in url:
+        scheme = url.split("://", 1)[0].lower()
+        if scheme not in ("postgresql", "postgres"):
+            raise SettingsError(
+                f"url: unsupported scheme {scheme!r} in {redact_dsn(url)!r}; "
+                "expected postgresql:// or postgres://"
+            )
+    try:
+        info = psycopg2.extensions.parse_dsn(url)
+    except psycopg2.ProgrammingError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+        shown, why = redact_dsn(url), _redact_text(reason, url)
+        raise SettingsError(f"url: {shown!r} is not a valid libpq URL or DSN ({why})") from None
+    for port in filter(None, info.get("port", "").split(",")):
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise SettingsError(f"url: invalid port {port!r} in {redact_dsn(url)!r}")
+
+
+def _redact_text(text: str, dsn: str) -> str:
+    """Remove any password of ``dsn`` that a driver message may quote."""
+    try:
+        password = psycopg2.extensions.parse_dsn(dsn).get("password")
+    except psycopg2.ProgrammingError:
+        password = None
+        if "://" in dsn:
+            userinfo = urllib.parse.urlsplit(dsn).netloc.rpartition("@")[0]
+            if ":" in userinfo:
+                password = urllib.parse.unquote(userinfo.split(":", 1)[1])
+    if password:
+        text = text.replace(password, _MASK)
+    return text

@@ -1,0 +1,862 @@
+"""PoolManager: acquire/release with fair hand-off, deadlines, server-side cancel, status.
+
+Everything here runs on one event loop, so pool bookkeeping (idle list, waiter queue,
+counters) is mutated without awaits in between and needs no lock; all I/O (connects,
+rollbacks, cancels) happens in tasks the pool owns and awaits on stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import itertools
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+
+from ._config import PoolSettings, _redact_text, redact_dsn
+from ._connector import AiopgConnector, Connector, DriverConnection, TxStatus
+from ._result import QueryResult
+from ._state import PoolState, transition
+from ._timers import DeadlineTimer
+from .errors import (
+    PoolClosedError,
+    PoolError,
+    PoolTimeoutError,
+    PoolUnavailableError,
+    QueryTimeoutError,
+    SettingsError,
+    TooManyRequestsError,
+)
+
+__all__ = ["OnDuration", "OnError", "PoolManager", "PoolStatus", "PostgresConnector"]
+
+LOGGER = logging.getLogger("pgpool")
+
+OnError = Callable[[str, Exception], "Exception | None"]
+OnDuration = Callable[[str, float], None]
+
+_COUNTERS = (
+    "requests_num",
+    "requests_queued",
+    "requests_wait_ms",
+    "requests_errors",
+    "usage_ms",
+    "returns_bad",
+    "connections_num",
+    "connections_ms",
+    "connections_errors",
+    "connections_lost",
+    "query_timeouts",
+)
+
+#: How recent a real success must be for status() to skip its own round trip.
+RECENT_SUCCESS = 1.0
+#: Bound on the round trip status() makes when it has to check.
+STATUS_CHECK_TIMEOUT = 1.0
+
+
+@dataclass(eq=False)
+class _Slot:
+    conn: DriverConnection
+    created: float
+    expires: float
+    last_used: float
+    # The future the caller awaits for the running statement (failed by the deadline timer).
+    waiting: asyncio.Future[None] | None = None
+    acquired_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """A snapshot of the pool for health checks and dashboards.
+
+    ``available`` comes from a real outcome: a success within the last second, or a
+    bounded ``SELECT 1``. Sizes count open connections (``pool_size``) and idle ones
+    (``pool_free``).
+    """
+
+    state: str
+    available: bool
+    pool_size: int
+    pool_free: int
+    pool_min: int
+    pool_max: int
+    in_use: int
+    waiting: int
+    connecting: int
+    name: str
+    last_error: str | None
+    counters: Mapping[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["counters"] = dict(self.counters)
+        return data
+
+
+class PoolManager:
+    """An asyncio pool of PostgreSQL connections (aiopg underneath) with bounded everything.
+
+    ``PoolManager(url, **options)`` takes :class:`PoolSettings` fields as keywords, or
+    ``PoolManager(settings=...)``. Nothing touches the event loop until :meth:`start`, so a
+    pool can be built before the loop runs. ``async with PoolManager(...) as pool`` starts
+    and stops it.
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        settings: PoolSettings | None = None,
+        connector: Connector | None = None,
+        name: str | None = None,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        jitter: Callable[[], float] | None = None,
+        **options: Any,
+    ) -> None:
+        given: dict[str, Any] = dict(options)
+        if url is not None:
+            given["url"] = url
+        if settings is None:
+            settings = PoolSettings(**given)
+        elif given:
+            settings = dataclasses.replace(settings, **given)
+        self.settings = settings
+        self.name = name or _pool_name(settings.url)
+        self._connector = connector
+        # Injected clock for tests; asyncio's own loop.time() is time.monotonic().
+        self._now: Callable[[], float] = clock or time.monotonic
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wait_deadlines: DeadlineTimer | None = None
+        self._run_deadlines: DeadlineTimer | None = None
+        self._sleep = sleep or asyncio.sleep
+        # max_lifetime is jittered down by up to 5% so connections opened together do not
+        # all expire together.
+        self._jitter = jitter or (lambda: random.uniform(0.95, 1.0))
+        self._state = PoolState.NEW
+        self._idle: collections.deque[_Slot] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[_Slot]] = collections.deque()
+        self._size = 0  # open + opening connections
+        self._connecting = 0
+        # Busy connections already on their way back (settling a cancel, rolling back):
+        # demand they will meet is not demand for new connections.
+        self._returning = 0
+        self._in_use = 0
+        self._busy_slots: set[_Slot] = set()
+        self._drained: asyncio.Event | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._maintenance: asyncio.Task[None] | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._last_success = float("-inf")
+        self._healthy = False
+        self._last_error: str | None = None
+        self._names = itertools.count(1)
+        self._closed_event: asyncio.Event | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<PoolManager {self.name!r} state={self._state.value} size={self._size}"
+            f" free={len(self._idle)} waiting={len(self._waiters)}>"
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> PoolState:
+        return self._state
+
+    async def start(self) -> None:
+        """Open the pool. Idempotent. ``min_size`` connections open in the background.
+
+        :raises SettingsError: no URL configured.
+        :raises PoolClosedError: the pool was stopped (pools never reopen).
+        """
+        if self._state is PoolState.OPEN:
+            return
+        if self._state is not PoolState.NEW:
+            raise PoolClosedError(f"pool {self.name} is {self._state.value}; pools do not reopen")
+        if not self.settings.url and self._connector is None:
+            raise SettingsError("url: no PostgreSQL URL configured (postgres_url / POSTGRES_URL)")
+        if self._connector is None:
+            s = self.settings
+            self._connector = AiopgConnector(
+                s.url,
+                enable_hstore=s.enable_hstore,
+                enable_json=s.enable_json,
+                enable_uuid=s.enable_uuid,
+                application_name=s.application_name,
+                statement_timeout=s.query_timeout,
+            )
+        self._state = transition(self._state, PoolState.OPEN)
+        self._loop = asyncio.get_running_loop()
+        self._wait_deadlines = DeadlineTimer(self._loop, self._now, self._expire_waiter)
+        self._run_deadlines = DeadlineTimer(self._loop, self._now, _expire_run)
+        self._closed_event = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix=f"pgpool-cancel-{self.name}"
+        )
+        self._grow()
+        self._maintenance = asyncio.get_running_loop().create_task(
+            self._maintain_forever(), name=f"pgpool-maintenance-{self.name}"
+        )
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Refuse new work at once, let work in flight finish until ``timeout``, then close.
+
+        Statements still running at the deadline are cancelled on the server. Idempotent;
+        returns within ``timeout`` plus the cancel bound.
+        """
+        if self._state in (PoolState.CLOSING, PoolState.CLOSED):
+            if self._closed_event is not None:
+                await self._closed_event.wait()
+            return
+        if self._state is PoolState.NEW:
+            self._state = transition(self._state, PoolState.CLOSED)
+            return
+        self._state = transition(self._state, PoolState.CLOSING)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        waiters, self._waiters = self._waiters, collections.deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(PoolClosedError(f"pool {self.name} is stopping"))
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+        for slot in list(self._idle):
+            self._discard(slot, bad=False)
+        self._idle.clear()
+        # In-flight work returns its connections through _release, which closes them now.
+        assert self._drained is not None
+        if self._in_use:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), max(deadline - loop.time(), 0))
+        if self._in_use:
+            LOGGER.warning(
+                "pool %s: %d connection(s) still in use at stop; cancelling",
+                self.name,
+                self._in_use,
+            )
+            for slot in list(self._busy_slots):
+                self._spawn(self._settle(slot, returning=False, discard=True), "settle")
+        tasks = [t for t in self._tasks if not t.done()]
+        for task in tasks:
+            if task.get_name().startswith("pgpool-connect"):
+                task.cancel()
+        if self._maintenance is not None:
+            tasks.append(self._maintenance)
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.settings.cancel_timeout + 0.5)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        for timers in (self._wait_deadlines, self._run_deadlines):
+            if timers is not None:
+                timers.close()
+        self._state = transition(self._state, PoolState.CLOSED)
+        assert self._closed_event is not None
+        self._closed_event.set()
+
+    async def __aenter__(self) -> PoolManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # -- growth and connection bookkeeping -------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], kind: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(
+            coro,
+            name=f"pgpool-{kind}-{self.name}-{next(self._names)}",
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _grow(self) -> None:
+        """Start connects for unmet demand: waiters not covered by connects, or below min."""
+        if self._state is not PoolState.OPEN:
+            return
+        max_size = self.settings.max_size
+        while self._size < max_size and (
+            self._connecting + self._returning < len(self._waiters)
+            or self._size < self.settings.min_size
+        ):
+            self._size += 1
+            self._connecting += 1
+            self._spawn(self._connect_one(), "connect")
+
+    async def _connect_one(self) -> None:
+        assert self._connector is not None
+        started = self._now()
+        try:
+            conn = await self._connector.connect(self.settings.connect_timeout)
+        except (Exception, asyncio.CancelledError) as exc:
+            self._size -= 1
+            self._connecting -= 1
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            self._counters["connections_errors"] += 1
+            self._healthy = False
+            self._last_error = _describe(exc, self.settings.url)
+            LOGGER.warning("pool %s: connect failed: %s", self.name, self._last_error)
+            # Fail the oldest waiter now rather than let it sit out its whole timeout
+            # against a database that just refused us.
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    error = PoolUnavailableError(
+                        f"cannot connect to {self.name}: {self._last_error}"
+                    )
+                    waiter.set_exception(error)
+                    break
+            return
+        self._connecting -= 1
+        now = self._now()
+        self._counters["connections_num"] += 1
+        self._counters["connections_ms"] += int((now - started) * 1000)
+        self._mark_success(now)
+        if self._state is not PoolState.OPEN:
+            conn.close()
+            self._size -= 1
+            return
+        slot = _Slot(conn, now, now + self.settings.max_lifetime * self._jitter(), now)
+        self._hand_off(slot)
+
+    def _hand_off(self, slot: _Slot) -> None:
+        """Give a free connection to the oldest live waiter, else make it idle (FIFO fairness)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._in_use += 1
+                self._busy_slots.add(slot)
+                slot.acquired_at = self._now()
+                waiter.set_result(slot)
+                return
+        slot.last_used = self._now()
+        self._idle.append(slot)
+
+    def _discard(self, slot: _Slot, *, bad: bool) -> None:
+        """Close a connection and forget it; refill if demand or min_size calls for it."""
+        with contextlib.suppress(Exception):
+            slot.conn.close()
+        self._size -= 1
+        if bad:
+            self._counters["returns_bad"] += 1
+        self._grow()
+
+    def _mark_success(self, now: float) -> None:
+        self._last_success = now
+        self._healthy = True
+
+    @property
+    def is_available(self) -> bool:
+        """True while open and the latest real outcome (connect or query) was a success."""
+        return self._state is PoolState.OPEN and self._healthy
+
+    # -- acquire / release ------------------------------------------------------------------
+
+    async def _acquire(self, deadline: float | None) -> _Slot:
+        if self._state is not PoolState.OPEN:
+            raise PoolClosedError(f"pool {self.name} is {self._state.value}")
+        counters = self._counters
+        counters["requests_num"] += 1
+        now = self._now()
+        if not self._waiters:
+            idle = self._idle
+            while idle:
+                slot = idle.pop()  # most recently used: warm, and lets others idle out
+                if slot.expires <= now or slot.conn.closed:
+                    self._discard(slot, bad=slot.conn.closed)
+                    continue
+                self._in_use += 1
+                self._busy_slots.add(slot)
+                slot.acquired_at = now
+                return slot
+        max_waiting = self.settings.max_waiting
+        if max_waiting and len(self._waiters) >= max_waiting:
+            counters["requests_errors"] += 1
+            raise TooManyRequestsError(
+                f"pool {self.name}: {len(self._waiters)} requests already waiting "
+                f"(max_waiting={max_waiting})"
+            )
+        wait = self.settings.acquire_timeout
+        if deadline is not None and deadline - now < wait:
+            wait = max(deadline - now, 0.0)
+        assert self._loop is not None
+        assert self._wait_deadlines is not None
+        waiter: asyncio.Future[_Slot] = self._loop.create_future()
+        self._waiters.append(waiter)
+        counters["requests_queued"] += 1
+        self._grow()
+        # The deadline timer fails an expired waiter and takes it off the queue; hand-offs
+        # pop waiters themselves, so the queue is never searched on the hot path.
+        timers = self._wait_deadlines
+        timers.add(waiter, now + wait, wait)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            # The hand-off may have happened just before the cancellation landed.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release(waiter.result())
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+        finally:
+            timers.discard(waiter)
+            counters["requests_wait_ms"] += int((self._now() - now) * 1000)
+
+    def _expire_waiter(self, waiter: asyncio.Future[_Slot], wait: float) -> None:
+        if waiter.done():
+            return
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+        self._counters["requests_errors"] += 1
+        waiter.set_exception(
+            PoolTimeoutError(
+                f"pool {self.name}: no connection free within {wait:.3f} s "
+                f"(size={self._size}, in use={self._in_use}, waiting={len(self._waiters) + 1}, "
+                f"max={self.settings.max_size})"
+            )
+        )
+
+    def _release(self, slot: _Slot, *, bad: bool = False) -> None:
+        """Return a connection. Never awaits: any I/O needed first runs in an owned task."""
+        if slot not in self._busy_slots:
+            return
+        now = self._now()
+        if slot.conn.is_busy():
+            # A statement is still running (timeout or cancellation): cancel it on the
+            # server, then release. The slot stays "in use" until then.
+            self._returning += 1
+            self._spawn(self._settle(slot), "settle")
+            return
+        self._busy_slots.discard(slot)
+        self._in_use -= 1
+        self._counters["usage_ms"] += int((now - slot.acquired_at) * 1000)
+        self._retire_or_reuse(slot, bad=bad)
+        if self._in_use == 0 and self._drained is not None and self._state is PoolState.CLOSING:
+            self._drained.set()
+
+    def _retire_or_reuse(self, slot: _Slot, *, bad: bool) -> None:
+        conn = slot.conn
+        if bad or conn.closed or self._state is not PoolState.OPEN:
+            if conn.closed and not bad:
+                self._counters["connections_lost"] += 1
+            self._discard(slot, bad=bad or conn.closed)
+            return
+        status = conn.transaction_status()
+        if status in (TxStatus.INTRANS, TxStatus.INERROR):
+            # Left inside a transaction: roll back and reuse, off the caller's path.
+            self._in_use += 1
+            self._busy_slots.add(slot)
+            self._returning += 1
+            self._spawn(self._rollback_then_release(slot), "rollback")
+            return
+        if status is not TxStatus.IDLE or slot.expires <= self._now():
+            self._discard(slot, bad=status is not TxStatus.IDLE)
+            return
+        self._hand_off(slot)
+
+    async def _rollback_then_release(self, slot: _Slot) -> None:
+        bound = self.settings.cancel_timeout
+        try:
+            await self._run(slot, "ROLLBACK", None, self._now() + bound, bound)
+        except (Exception, asyncio.CancelledError):
+            # Could not confirm the rollback: never hand out that connection again.
+            await self._settle(slot, discard=True)
+            return
+        self._returning -= 1
+        self._release(slot)
+
+    async def _settle(self, slot: _Slot, *, returning: bool = True, discard: bool = False) -> None:
+        """Cancel the running statement server-side (bounded), then release or discard.
+
+        ``returning``: the slot was counted in ``_returning`` when this task was spawned.
+        """
+        conn = slot.conn
+        settled = not conn.is_busy()
+        if not settled:
+            assert self._loop is not None
+            bound = self.settings.cancel_timeout
+            idle = conn.wait_until_idle()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(
+                    self._loop.run_in_executor(self._executor, conn.cancel), bound
+                )
+                await asyncio.wait((idle,), timeout=bound)
+            if idle.done() and not idle.cancelled():
+                idle.exception()  # retrieved: the caller already got its error
+            settled = not conn.is_busy()
+        if discard or not settled:
+            conn.close()
+        if returning:
+            self._returning -= 1
+        self._release(slot, bad=discard or not settled)
+
+    # -- running statements -------------------------------------------------------------------
+
+    async def _run(
+        self,
+        slot: _Slot,
+        sql: str,
+        params: Any,
+        deadline: float,
+        total: float,
+        *,
+        callproc: bool = False,
+    ) -> QueryResult:
+        """Run one statement on ``slot`` until ``deadline``.
+
+        On expiry the statement keeps running (``conn.is_busy()``); releasing the slot cancels it
+        on the server in the background, so the caller's error is not delayed by the cancel.
+        """
+        conn = slot.conn
+        future = conn.send(sql, params, callproc=callproc)
+        # Awaited directly: a caller's cancellation cancels only this future, and the
+        # deadline timer fails it with _Expired; neither stops the statement, which is
+        # settled (server-side cancel) when the slot is released.
+        slot.waiting = future
+        timers = self._run_deadlines
+        assert timers is not None
+        timers.add(slot, deadline)
+        try:
+            await future
+        except _Expired:
+            self._counters["query_timeouts"] += 1
+            raise QueryTimeoutError(
+                f"query exceeded its {total:.3f} s timeout; cancelled on the server"
+            ) from None
+        except psycopg2.extensions.QueryCanceledError as error:
+            self._counters["query_timeouts"] += 1
+            message = str(error.pgerror or error).strip()
+            raise QueryTimeoutError(f"statement cancelled by the server: {message}") from error
+        except psycopg2.Error as error:
+            if conn.closed:
+                self._healthy = False
+                self._last_error = _describe(error, self.settings.url)
+            raise
+        finally:
+            timers.discard(slot)
+            slot.waiting = None
+        self._mark_success(self._now())
+        return conn.result()
+
+    def _deadline(self, timeout: float | None) -> tuple[float | None, float]:
+        """(acquire limit, statement deadline) for one call, from one clock reading."""
+        now = self._now()
+        if timeout is None:
+            return None, now + self.settings.acquire_timeout + self.settings.query_timeout
+        if timeout <= 0:
+            raise SettingsError(f"timeout: must be > 0 seconds, got {timeout!r}")
+        return now + timeout, now + timeout
+
+    @contextlib.asynccontextmanager
+    async def _checkout(self, timeout: float | None) -> AsyncIterator[tuple[_Slot, float, float]]:
+        acquire_limit, deadline = self._deadline(timeout)
+        slot = await self._acquire(acquire_limit)
+        if timeout is None:
+            deadline = self._now() + self.settings.query_timeout
+        total = timeout if timeout is not None else self.settings.query_timeout
+        try:
+            yield slot, deadline, total
+        except BaseException as exc:
+            bad = isinstance(exc, psycopg2.Error) and slot.conn.closed
+            if bad:
+                self._counters["connections_lost"] += 1
+            self._release(slot, bad=bad)
+            raise
+        else:
+            self._release(slot)
+
+    async def execute(
+        self, sql: str, params: Any = None, *, metric_name: str = "", timeout: float | None = None
+    ) -> QueryResult:
+        """Run one statement on a pooled connection and return its :class:`QueryResult`.
+
+        :param timeout: seconds for the whole call (waiting + running); default
+            ``acquire_timeout`` to get a connection, then ``query_timeout`` to run.
+        :raises PoolTimeoutError: no connection free in time.
+        :raises QueryTimeoutError: the statement ran out of time (cancelled server-side).
+        :raises psycopg2.Error: errors from the SQL itself, unwrapped.
+        """
+        return await self._execute_once(sql, params, timeout, callproc=False)
+
+    async def callproc(
+        self, name: str, params: Any = None, *, metric_name: str = "", timeout: float | None = None
+    ) -> QueryResult:
+        """Call a stored function (``SELECT * FROM name(params)``); like :meth:`execute`."""
+        return await self._execute_once(name, params, timeout, callproc=True)
+
+    async def _execute_once(
+        self, sql: str, params: Any, timeout: float | None, *, callproc: bool
+    ) -> QueryResult:
+        # execute()/callproc() hot path: _checkout inlined (no generator-based context).
+        acquire_limit, _ = self._deadline(timeout)
+        slot = await self._acquire(acquire_limit)
+        if timeout is None:
+            total = self.settings.query_timeout
+            deadline = self._now() + total
+        else:
+            total = timeout
+            assert acquire_limit is not None
+            deadline = acquire_limit
+        try:
+            result = await self._run(slot, sql, params, deadline, total, callproc=callproc)
+        except BaseException as exc:
+            bad = isinstance(exc, psycopg2.Error) and slot.conn.closed
+            if bad:
+                self._counters["connections_lost"] += 1
+            self._release(slot, bad=bad)
+            raise
+        self._release(slot)
+        return result
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, timeout: float | None = None) -> AsyncIterator[PostgresConnector]:
+        """``BEGIN`` ... ``COMMIT`` on one connection; ``ROLLBACK`` if the block raises.
+
+        ``timeout`` bounds the whole transaction, from waiting for the connection to COMMIT.
+        """
+        async with self._checkout(timeout) as (slot, deadline, total):
+            connector = PostgresConnector(self, slot, deadline, total)
+            async with connector.transaction():
+                yield connector
+
+    @contextlib.asynccontextmanager
+    async def connector(
+        self,
+        on_error: OnError | None = None,
+        on_duration: OnDuration | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[PostgresConnector]:
+        """A connector pinned to one connection for the block, with sprockets-postgres hooks.
+
+        ``on_error(metric_name, exc)`` returns the exception to raise, or None to swallow
+        it (the call then returns an empty result); ``on_duration(metric_name, seconds)``
+        gets each statement's duration.
+        """
+        async with self._checkout(timeout) as (slot, deadline, total):
+            yield PostgresConnector(
+                self, slot, deadline, total, on_error=on_error, on_duration=on_duration
+            )
+
+    @contextlib.asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        """The checked-out aiopg connection itself (escape hatch). Returned on exit: rolled
+        back if left in a transaction, discarded if left busy or broken."""
+        async with self._checkout(timeout) as (slot, _deadline, _total):
+            yield slot.conn.handle
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Counters and sizes under psycopg_pool's key names."""
+        data = {
+            "pool_min": self.settings.min_size,
+            "pool_max": self.settings.max_size,
+            "pool_size": self._size - self._connecting,
+            "pool_available": len(self._idle),
+            "requests_waiting": len(self._waiters),
+        }
+        data.update(self._counters)
+        return data
+
+    async def status(self) -> PoolStatus:
+        """A :class:`PoolStatus`. Never raises; before :meth:`start` it reports unavailable."""
+        return PoolStatus(
+            state=self._state.value,
+            available=await self._check_available(),
+            pool_size=self._size - self._connecting,
+            pool_free=len(self._idle),
+            pool_min=self.settings.min_size,
+            pool_max=self.settings.max_size,
+            in_use=self._in_use,
+            waiting=len(self._waiters),
+            connecting=self._connecting,
+            name=self.name,
+            last_error=self._last_error,
+            counters=dict(self._counters),
+        )
+
+    async def _check_available(self) -> bool:
+        if self._state is not PoolState.OPEN:
+            return False
+        if self._healthy and self._now() - self._last_success < RECENT_SUCCESS:
+            return True
+        if not self._idle and self._in_use:
+            # Busy but serving: do not queue a probe behind real work.
+            return self._healthy
+        try:
+            await self.execute("SELECT 1", timeout=STATUS_CHECK_TIMEOUT)
+        except (Exception, asyncio.CancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return False
+        return True
+
+    # -- maintenance ----------------------------------------------------------------------------
+
+    def _maintenance_interval(self) -> float:
+        s = self.settings
+        return min(max(min(s.max_lifetime, s.max_idle) / 10, 0.05), 30.0)
+
+    async def _maintain_forever(self) -> None:
+        while self._state is PoolState.OPEN:
+            await self._sleep(self._maintenance_interval())
+            self.run_maintenance()
+
+    def run_maintenance(self) -> None:
+        """One maintenance pass (the background task runs these): close expired connections
+        and idle ones above ``min_size`` idle longer than ``max_idle``, refill to ``min_size``."""
+        if self._state is not PoolState.OPEN:
+            return
+        now = self._now()
+        keep: collections.deque[_Slot] = collections.deque()
+        # Oldest-used first: the idle deque is used LIFO, so the left end idled longest.
+        for slot in self._idle:
+            total_open = self._size - self._connecting
+            expired = slot.expires <= now or slot.conn.closed
+            idle_too_long = (
+                now - slot.last_used >= self.settings.max_idle
+                and total_open > self.settings.min_size
+            )
+            if expired or idle_too_long:
+                self._size -= 1
+                with contextlib.suppress(Exception):
+                    slot.conn.close()
+            else:
+                keep.append(slot)
+        self._idle = keep
+        self._grow()
+
+
+class PostgresConnector:
+    """Runs statements on one checked-out connection (sprockets-postgres' connector)."""
+
+    def __init__(
+        self,
+        pool: PoolManager,
+        slot: _Slot,
+        deadline: float,
+        total: float,
+        *,
+        on_error: OnError | None = None,
+        on_duration: OnDuration | None = None,
+    ) -> None:
+        self._pool = pool
+        self._slot = slot
+        self._deadline = deadline
+        self._total = total
+        self._on_error = on_error
+        self._on_duration = on_duration
+
+    async def execute(
+        self,
+        sql: str,
+        parameters: Any = None,
+        metric_name: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> QueryResult:
+        return await self._call(sql, parameters, metric_name, timeout, callproc=False)
+
+    async def callproc(
+        self,
+        name: str,
+        parameters: Any = None,
+        metric_name: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> QueryResult:
+        return await self._call(name, parameters, metric_name, timeout, callproc=True)
+
+    async def _call(
+        self, sql: str, params: Any, metric_name: str, timeout: float | None, *, callproc: bool
+    ) -> QueryResult:
+        pool = self._pool
+        started = pool._now()
+        deadline, total = self._deadline, self._total
+        if timeout is not None and started + timeout < deadline:
+            deadline, total = started + timeout, timeout
+        try:
+            result = await pool._run(self._slot, sql, params, deadline, total, callproc=callproc)
+        except (psycopg2.Error, PoolError) as exc:
+            if self._on_error is None:
+                raise
+            replacement = self._on_error(metric_name, exc)
+            if replacement is not None:
+                if replacement is exc:
+                    raise
+                raise replacement from exc
+            return QueryResult(0, [])
+        finally:
+            if self._on_duration is not None:
+                self._on_duration(metric_name, pool._now() - started)
+        return result
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PostgresConnector]:
+        """``BEGIN`` on this connection; ``COMMIT`` on success, ``ROLLBACK`` on any error."""
+        pool, slot = self._pool, self._slot
+        await pool._run(slot, "BEGIN", None, self._deadline, self._total)
+        try:
+            yield self
+        except BaseException:
+            if not slot.conn.is_busy() and not slot.conn.closed:
+                with contextlib.suppress(Exception):
+                    bound = pool.settings.cancel_timeout
+                    await pool._run(slot, "ROLLBACK", None, pool._now() + bound, bound)
+            raise
+        await pool._run(slot, "COMMIT", None, self._deadline, self._total)
+
+
+class _Expired(Exception):
+    """Set on a statement's future by the deadline timer (never escapes the pool)."""
+
+
+def _expire_run(slot: _Slot, _payload: object) -> None:
+    waiting = slot.waiting
+    if waiting is not None and not waiting.done():
+        waiting.set_exception(_Expired())
+
+
+def _describe(exc: BaseException, url: str) -> str:
+    """A one-line, password-free description of a connect or driver error."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, asyncio.TimeoutError) and not str(exc):
+        text = "timed out"
+    return (
+        f"{type(exc).__name__}: {_redact_text(text, url)}"
+        if url
+        else f"{type(exc).__name__}: {text}"
+    )
+
+
+def _pool_name(url: str) -> str:
+    """``host:port/dbname`` from a URL or DSN, never credentials."""
+    if not url:
+        return "pgpool"
+    try:
+        info = psycopg2.extensions.parse_dsn(url)
+    except psycopg2.ProgrammingError:
+        return redact_dsn(url)
+    host = info.get("host", "localhost")
+    port = info.get("port", "5432")
+    return f"{host}:{port}/{info.get('dbname', info.get('user', ''))}"

@@ -1,0 +1,32 @@
+"""Pool lifecycle states and the one function that decides transitions (no I/O)."""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["PoolState", "transition"]
+
+
+class PoolState(enum.Enum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+_ALLOWED: dict[PoolState, frozenset[PoolState]] = {
+    PoolState.NEW: frozenset({PoolState.OPEN, PoolState.CLOSED}),
+    PoolState.OPEN: frozenset({PoolState.CLOSING}),
+    PoolState.CLOSING: frozenset({PoolState.CLOSED}),
+    PoolState.CLOSED: frozenset(),
+}
+
+
+def transition(current: PoolState, wanted: PoolState) -> PoolState:
+    """Return ``wanted`` if the lifecycle allows it from ``current``; a pool never reopens.
+
+    :raises RuntimeError: for a transition the lifecycle forbids.
+    """
+    if wanted not in _ALLOWED[current]:
+        raise RuntimeError(f"pool cannot go from {current.value} to {wanted.value}")
+    return wanted

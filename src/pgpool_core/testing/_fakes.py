@@ -1,0 +1,208 @@
+"""In-memory doubles of the driver boundary, for driving PoolManager without a database.
+
+``FakeConnector`` opens ``FakeConnection`` objects; both can be told to fail, block on an
+event or hang, so tests reach every pool path with tiny timeouts and no sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+
+from pgpool_core._connector import TxStatus
+from pgpool_core._result import QueryResult
+
+__all__ = ["FakeConnection", "FakeConnector", "Script"]
+
+
+@dataclass
+class Script:
+    """What a statement matching ``pattern`` (a regex, searched) does."""
+
+    pattern: str
+    rows: Sequence[dict[str, Any]] | None = None
+    row_count: int = 0
+    error: BaseException | None = None
+    hang: bool = False  # never completes until cancelled server-side or the connection closes
+    gate: asyncio.Event | None = None  # completes once the event is set
+    close_connection: bool = False  # the connection dies mid-statement
+    ignore_cancel: bool = False  # a server-side cancel has no effect (e.g. a lost packet)
+
+
+@dataclass
+class FakeConnector:
+    """Opens fake connections. ``fail_next`` connects raise ``failure``; ``gate`` holds every
+    connect until set; ``hang`` makes connects never finish (the pool's bound must fire)."""
+
+    fail_next: int = 0
+    failure: BaseException = field(
+        default_factory=lambda: psycopg2.OperationalError("connection refused")
+    )
+    gate: asyncio.Event | None = None
+    hang: bool = False
+    scripts: list[Script] = field(default_factory=list)
+    connections: list[FakeConnection] = field(default_factory=list)
+    attempts: int = 0
+    _numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def on(self, pattern: str, **behaviour: Any) -> Script:
+        """Script statements matching ``pattern``; the latest matching script wins."""
+        script = Script(pattern, **behaviour)
+        self.scripts.append(script)
+        return script
+
+    def script_for(self, sql: str) -> Script | None:
+        for script in reversed(self.scripts):
+            if re.search(script.pattern, sql, re.IGNORECASE):
+                return script
+        return None
+
+    async def connect(self, timeout: float) -> FakeConnection:
+        self.attempts += 1
+        if self.hang:
+            await asyncio.wait_for(asyncio.Event().wait(), timeout)
+        if self.gate is not None:
+            await asyncio.wait_for(self.gate.wait(), timeout)
+        if self.fail_next:
+            self.fail_next -= 1
+            raise self.failure
+        conn = FakeConnection(self, next(self._numbers), asyncio.get_running_loop())
+        self.connections.append(conn)
+        return conn
+
+    @property
+    def open_connections(self) -> list[FakeConnection]:
+        return [c for c in self.connections if not c.closed]
+
+
+class FakeConnection:
+    """A :class:`~pgpool_core.DriverConnection` double that records what it was asked."""
+
+    def __init__(
+        self, connector: FakeConnector, number: int, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.connector = connector
+        self.number = number
+        self.loop = loop
+        self.closed = False
+        self.status = TxStatus.IDLE
+        self.statements: list[str] = []
+        self.cancel_requests = 0
+        self._pending: asyncio.Future[None] | None = None
+        self._running = False
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        self._result = QueryResult(0, [])
+        self._script: Script | None = None
+
+    def __repr__(self) -> str:
+        return f"<FakeConnection #{self.number}{' closed' if self.closed else ''}>"
+
+    @property
+    def handle(self) -> FakeConnection:
+        return self
+
+    def send(self, sql: str, params: Any, *, callproc: bool = False) -> asyncio.Future[None]:
+        if self.closed:
+            raise psycopg2.InterfaceError("connection already closed")
+        if self._running:
+            raise RuntimeError("execute() called while another statement is running")
+        self.statements.append(sql)
+        future: asyncio.Future[None] = self.loop.create_future()
+        self._pending = future
+        script = self.connector.script_for(sql)
+        verb = sql.strip().split(None, 1)[0].upper() if sql.strip() else ""
+        rows = list(script.rows) if script and script.rows is not None else None
+        if rows is not None:
+            self._result = QueryResult(len(rows), [dict(r) for r in rows])
+        else:
+            self._result = QueryResult(script.row_count if script else 0, [])
+        self.status = TxStatus.ACTIVE if self.status is TxStatus.IDLE else self.status
+        in_tx = self.status in (TxStatus.INTRANS, TxStatus.INERROR) or verb == "BEGIN"
+
+        def finish(error: BaseException | None = None) -> None:
+            if not self._running or self._pending is not future:
+                return
+            self._running = False
+            if error is not None:
+                self.status = TxStatus.INERROR if in_tx else TxStatus.IDLE
+            elif verb == "BEGIN":
+                self.status = TxStatus.INTRANS
+            elif verb in ("COMMIT", "ROLLBACK", "END"):
+                self.status = TxStatus.IDLE
+            else:
+                self.status = TxStatus.INTRANS if in_tx else TxStatus.IDLE
+            # The pool may have given up on (failed or cancelled) its future already.
+            for waiter in [future, *self._idle_waiters]:
+                if waiter.done():
+                    continue
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(error)
+            self._idle_waiters.clear()
+
+        self._finish = finish
+        self._running = True
+        self._script = script
+        if script is not None and script.close_connection:
+            self.loop.call_soon(self._die)
+        elif script is not None and script.hang:
+            pass
+        elif script is not None and script.gate is not None:
+            gate = script.gate
+
+            async def after_gate() -> None:
+                await gate.wait()
+                finish(script.error)
+
+            self._gate_task = self.loop.create_task(after_gate())
+        else:
+            self.loop.call_soon(finish, script.error if script else None)
+        return future
+
+    def _die(self) -> None:
+        self.close()
+
+    def result(self) -> QueryResult:
+        return self._result
+
+    def is_busy(self) -> bool:
+        return self._running and not self.closed
+
+    def wait_until_idle(self) -> asyncio.Future[None]:
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        if self.is_busy():
+            self._idle_waiters.append(waiter)
+        else:
+            waiter.set_result(None)
+        return waiter
+
+    def cancel(self) -> None:
+        """Server-side cancel; like psycopg2's, callable from any thread."""
+        self.cancel_requests += 1
+        self.loop.call_soon_threadsafe(self._cancel_running)
+
+    def _cancel_running(self) -> None:
+        if self._script is not None and self._script.ignore_cancel:
+            return
+        if self._running:
+            self._finish(
+                psycopg2.extensions.QueryCanceledError("canceling statement due to user request")
+            )
+
+    def transaction_status(self) -> TxStatus:
+        return TxStatus.UNKNOWN if self.closed else self.status
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        if self._running:
+            self._finish(psycopg2.OperationalError("server closed the connection unexpectedly"))
+        self.closed = True

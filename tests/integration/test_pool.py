@@ -1,0 +1,294 @@
+"""PoolManager against a real PostgreSQL: every behaviour of the engine, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import psycopg2
+import psycopg2.errors
+import pytest
+
+from pgpool_core import PoolManager, PoolTimeoutError, QueryTimeoutError
+from pgpool_core.testing import PostgresServer
+
+
+async def wait_for_condition(check: Callable[[], bool], timeout: float = 5.0) -> float:
+    """Re-check a server-side condition until it holds; returns the seconds it took.
+
+    The server offers no notification for pg_stat_activity changes, so this re-queries,
+    yielding to the loop between checks, bounded by ``timeout``.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not await asyncio.to_thread(check):
+        if loop.time() - started > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.01)
+    return loop.time() - started
+
+
+def database_of(url: str) -> str:
+    return url.rsplit("/", 1)[1].split("?", 1)[0]
+
+
+@pytest.fixture
+async def pool(postgres_db_url: str) -> AsyncIterator[PoolManager]:
+    async with PoolManager(postgres_db_url, min_size=1, max_size=4, acquire_timeout=5) as manager:
+        await manager.execute("CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)")
+        yield manager
+
+
+def _backends(server: PostgresServer, db: str, state: str | None = None) -> list[dict[str, object]]:
+    rows = server.activity(db)
+    return [r for r in rows if state is None or r["state"] == state]
+
+
+async def test_results_multi_row_no_row_and_no_result_set(pool: PoolManager) -> None:
+    """Rows as dicts; one row; no row; INSERT without RETURNING gives the affected count."""
+    inserted = await pool.execute("INSERT INTO items VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+    assert (inserted.row_count, inserted.rows, inserted.row) == (3, [], None)
+    many = await pool.execute("SELECT id, name FROM items ORDER BY id")
+    assert many.rows == [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}, {"id": 3, "name": "c"}]
+    assert (len(many), many.row) == (3, None)
+    one = await pool.execute("SELECT name FROM items WHERE id = %(id)s", {"id": 2})
+    assert one.row == {"name": "b"}
+    none = await pool.execute("SELECT name FROM items WHERE id = %s", [99])
+    assert (none.row_count, none.rows, none.row) == (0, [], None)
+    updated = await pool.execute("UPDATE items SET name = 'z' WHERE id > 1")
+    assert updated.row_count == 2
+
+
+async def test_client_timeout_cancels_the_server_query(
+    postgres_db_url: str, postgres_server: PostgresServer
+) -> None:
+    """pg_sleep(10) with timeout=0.5 raises within 0.7 s, leaves no active backend, and the
+    next query succeeds on the same number of backends."""
+    db = database_of(postgres_db_url)
+    async with PoolManager(postgres_db_url, min_size=1, max_size=1) as pool:
+        await pool.execute("SELECT 1")
+        backends_before = {r["pid"] for r in _backends(postgres_server, db)}
+        started = time.monotonic()
+        with pytest.raises(QueryTimeoutError):
+            await pool.execute("SELECT pg_sleep(10)", timeout=0.5)
+        elapsed = time.monotonic() - started
+        assert 0.5 <= elapsed < 0.7, elapsed
+        await wait_for_condition(lambda: not _backends(postgres_server, db, "active"), timeout=1.0)
+        assert (await pool.execute("SELECT 1 AS ok")).row == {"ok": 1}
+        assert {r["pid"] for r in _backends(postgres_server, db)} == backends_before
+
+
+async def test_server_statement_timeout_is_a_query_timeout(postgres_db_url: str) -> None:
+    """A server statement_timeout surfaces as QueryTimeoutError, and the pool carries on."""
+    url = postgres_db_url + "?options=-c%20statement_timeout%3D100"
+    async with PoolManager(url, min_size=0, max_size=1) as pool:
+        with pytest.raises(QueryTimeoutError, match="statement timeout"):
+            await pool.execute("SELECT pg_sleep(5)")
+        assert (await pool.execute("SELECT 2 AS two")).row == {"two": 2}
+
+
+async def test_cancelled_caller_leaves_no_server_query(
+    pool: PoolManager, postgres_db_url: str, postgres_server: PostgresServer
+) -> None:
+    """Cancelling the calling task cancels the statement server-side within 1 s."""
+    db = database_of(postgres_db_url)
+    task = asyncio.create_task(pool.execute("SELECT pg_sleep(10)"))
+    await wait_for_condition(lambda: bool(_backends(postgres_server, db, "active")))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    took = await wait_for_condition(
+        lambda: not _backends(postgres_server, db, "active"), timeout=1.0
+    )
+    assert took < 1.0
+    assert (await pool.execute("SELECT 1 AS ok")).row == {"ok": 1}
+
+
+async def test_thousand_requests_half_failing_leave_a_clean_pool(
+    postgres_db_url: str, postgres_server: PostgresServer
+) -> None:
+    """1000 transactions, half raising: free == size, <= max_size backends, none idle in
+    transaction, and the failed halves left no rows behind."""
+    db = database_of(postgres_db_url)
+    async with PoolManager(postgres_db_url, min_size=1, max_size=5, acquire_timeout=30) as pool:
+        await pool.execute("CREATE TABLE log (n int)")
+        seen_pids: set[int] = set()
+
+        async def one(n: int) -> None:
+            async with pool.transaction() as tx:
+                pid = await tx.execute("SELECT pg_backend_pid() AS pid")
+                seen_pids.add(int(pid.row["pid"]))  # type: ignore[index]
+                await tx.execute("INSERT INTO log VALUES (%s)", [n])
+                if n % 2:
+                    raise ValueError(n)
+
+        results = await asyncio.gather(*(one(n) for n in range(1000)), return_exceptions=True)
+        assert sum(isinstance(r, ValueError) for r in results) == 500
+        assert all(r is None or isinstance(r, ValueError) for r in results)
+        stats = pool.stats()
+        assert stats["pool_available"] == stats["pool_size"]
+        assert len(seen_pids) <= 5
+        assert (await pool.execute("SELECT count(*) AS n FROM log")).row == {"n": 500}
+        assert not _backends(postgres_server, db, "idle in transaction")
+        assert not _backends(postgres_server, db, "idle in transaction (aborted)")
+
+
+async def test_error_inside_transaction_rolls_back_and_reuses_the_connection(
+    pool: PoolManager,
+) -> None:
+    """A failing statement in a transaction rolls back; the same backend serves next."""
+    pid = (await pool.execute("SELECT pg_backend_pid() AS pid")).row
+
+    async def insert_twice() -> None:
+        async with pool.transaction() as tx:
+            await tx.execute("INSERT INTO items VALUES (1, 'a')")
+            await tx.execute("INSERT INTO items VALUES (1, 'again')")
+
+    with pytest.raises(psycopg2.errors.UniqueViolation):
+        await insert_twice()
+    assert (await pool.execute("SELECT count(*) AS n FROM items")).row == {"n": 0}
+    assert (await pool.execute("SELECT pg_backend_pid() AS pid")).row == pid
+
+
+async def test_killed_connection_is_discarded_and_replaced(
+    pool: PoolManager, postgres_server: PostgresServer
+) -> None:
+    """pg_terminate_backend of a pooled connection: the error passes through, the loss is
+    counted, the next request gets a new backend."""
+    pid = (await pool.execute("SELECT pg_backend_pid() AS pid")).row["pid"]  # type: ignore[index]
+    async with pool.connection() as conn:
+        postgres_server.query("SELECT pg_terminate_backend(%s)", [pid])
+        with pytest.raises(psycopg2.OperationalError):
+            async with conn.cursor() as cur:
+                await cur.execute("SELECT 1")
+    assert pool.stats()["connections_lost"] + pool.stats()["returns_bad"] >= 1
+    new_pid = (await pool.execute("SELECT pg_backend_pid() AS pid")).row["pid"]  # type: ignore[index]
+    assert new_pid != pid
+
+
+async def test_acquire_timeout_when_every_connection_is_busy(postgres_db_url: str) -> None:
+    """With max_size busy, a request fails with PoolTimeoutError at acquire_timeout."""
+    async with PoolManager(postgres_db_url, min_size=0, max_size=2, acquire_timeout=0.3) as pool:
+        busy = [asyncio.create_task(pool.execute("SELECT pg_sleep(2)")) for _ in range(2)]
+        await wait_for_condition(
+            lambda: pool.stats()["pool_size"] == 2 and not pool.stats()["pool_available"]
+        )
+        started = time.monotonic()
+        with pytest.raises(PoolTimeoutError, match=r"size=2, in use=2"):
+            await pool.execute("SELECT 1")
+        assert 0.27 <= time.monotonic() - started < 0.5
+        for task in busy:
+            task.cancel()
+        await asyncio.gather(*busy, return_exceptions=True)
+
+
+async def test_max_lifetime_replaces_old_connections(postgres_db_url: str) -> None:
+    """A connection past max_lifetime is replaced by a new backend."""
+    async with PoolManager(postgres_db_url, min_size=1, max_size=1, max_lifetime=0.2) as pool:
+        first = (await pool.execute("SELECT pg_backend_pid() AS pid")).row
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while (await pool.execute("SELECT pg_backend_pid() AS pid")).row == first:
+            assert loop.time() < deadline, "the connection was never replaced"
+            await asyncio.sleep(0.05)
+        assert pool.stats()["connections_num"] >= 2
+
+
+async def test_status_reports_real_availability(postgres_db_url: str) -> None:
+    """Before start: unavailable and 0/0; open: available with sizes; after stop: unavailable."""
+    pool = PoolManager(postgres_db_url, min_size=2, max_size=3)
+    before = await pool.status()
+    assert (before.available, before.pool_size, before.pool_free) == (False, 0, 0)
+    await pool.start()
+    status = await pool.status()
+    assert status.available
+    assert status.as_dict()["pool_max"] == 3
+    await pool.stop()
+    assert not (await pool.status()).available
+
+
+async def test_application_name_from_url_and_setting_reach_the_server(
+    postgres_db_url: str, postgres_server: PostgresServer
+) -> None:
+    """application_name in the URL wins; the setting applies when the URL has none."""
+    db = database_of(postgres_db_url)
+    async with PoolManager(
+        postgres_db_url + "?application_name=from-url", application_name="x"
+    ) as pool:
+        await pool.execute("SELECT 1")
+        assert {r["application_name"] for r in _backends(postgres_server, db)} == {"from-url"}
+    async with PoolManager(postgres_db_url, application_name="from-setting") as pool:
+        await pool.execute("SELECT 1")
+        assert "from-setting" in {r["application_name"] for r in _backends(postgres_server, db)}
+
+
+def _has_extension(server: PostgresServer, name: str) -> bool:
+    return bool(server.query("SELECT 1 FROM pg_available_extensions WHERE name = %s", [name]))
+
+
+async def test_uuid_json_and_hstore_registration(
+    postgres_db_url: str, postgres_server: PostgresServer
+) -> None:
+    """enable_uuid returns uuid.UUID; enable_json and enable_hstore decode their types."""
+    if not _has_extension(postgres_server, "hstore"):
+        pytest.skip(f"this {postgres_server.source.value} server has no hstore extension")
+    async with PoolManager(postgres_db_url, enable_hstore=True, enable_json=True) as pool:
+        row = (
+            await pool.execute(
+                "SELECT '7d5b7a8e-1c1f-4c4c-9a7a-0d8c2b7f5a11'::uuid AS u, '{\"a\": 1}'::json AS j,"
+                " 'k=>v'::hstore AS h"
+            )
+        ).row
+        assert row == {
+            "u": uuid.UUID("7d5b7a8e-1c1f-4c4c-9a7a-0d8c2b7f5a11"),
+            "j": {"a": 1},
+            "h": {"k": "v"},
+        }
+        assert (await pool.execute("SELECT %s AS h", [{"x": "y"}])).row == {"h": {"x": "y"}}
+
+
+async def test_callproc_calls_a_function(
+    postgres_db_url: str, postgres_server: PostgresServer
+) -> None:
+    """callproc('uuid_generate_v4') returns one row holding a UUID."""
+    if not _has_extension(postgres_server, "uuid-ossp"):
+        pytest.skip(f"this {postgres_server.source.value} server has no uuid-ossp extension")
+    async with PoolManager(postgres_db_url) as pool:
+        result = await pool.callproc("uuid_generate_v4")
+        assert isinstance(result.row["uuid_generate_v4"], uuid.UUID)  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("sql", "params", "error"),
+    [
+        ("SELEC 1", None, psycopg2.errors.SyntaxError),
+        ("SELECT %s, %s", [1], IndexError),
+        ("SELECT %s", ["a\x00b"], ValueError),
+        ("SELECT %s::text", [b"\xff\xfe".decode("latin-1")], None),
+        (
+            "SELECT convert_from(%s, 'UTF8')",
+            [psycopg2.Binary(b"\xff\xfe")],
+            psycopg2.errors.CharacterNotInRepertoire,
+        ),
+    ],
+    ids=["bad-sql", "param-count", "nul-byte", "latin1-text", "non-utf8-bytes"],
+)
+async def test_bad_input_is_a_clear_error_and_the_pool_stays_healthy(
+    pool: PoolManager, sql: str, params: object, error: type[BaseException] | None
+) -> None:
+    """Each bad input raises its own typed error; the pool answers right after."""
+    if error is None:
+        await pool.execute(sql, params)
+    else:
+        with pytest.raises(error):
+            await pool.execute(sql, params)
+    assert (await pool.execute("SELECT 1 AS ok")).row == {"ok": 1}
+    assert pool.stats()["pool_available"] == pool.stats()["pool_size"]
+
+
+async def test_large_parameter_round_trips(pool: PoolManager) -> None:
+    """A 10 MB parameter goes through and comes back intact."""
+    big = "x" * (10 * 1024 * 1024)
+    assert (await pool.execute("SELECT length(%s) AS n", [big])).row == {"n": len(big)}
