@@ -81,5 +81,6 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """Benchmarks (land with the pool engine)."""
-    session.error("not yet: the benchmarks land with the pool engine")
+    """PoolManager vs raw aiopg.Pool (W1-W3, starvation) on a throwaway PostgreSQL."""
+    install_dev(session)
+    session.run("python", "benchmarks/bench_pool.py", *session.posargs)

@@ -116,102 +116,105 @@ async def prepare(url: str) -> None:
         await pool.execute("ALTER TABLE bench_tx ADD PRIMARY KEY (id)")
 
 
+async def compare(url: str, rounds: int, seconds: float) -> list[str]:
+    """W1-W3 as interleaved A/B rounds; prints a table, returns summary parts."""
+    raw_pool = await aiopg.create_pool(url, minsize=10, maxsize=10, timeout=60)
+    ours_pool = PoolManager(url, min_size=10, max_size=10, acquire_timeout=60)
+    await ours_pool.start()
+    raw, ours = Raw(raw_pool), Ours(ours_pool)
+    cases: list[tuple[str, str, int]] = [
+        ("W1 c=1", "select1", 1),
+        ("W1 c=16", "select1", 16),
+        ("W1 c=64", "select1", 64),
+        ("W2", "rows", 16),
+        ("W3", "update", 16),
+    ]
+    for side in (raw, ours):  # warm both pools: connections open, caches hot
+        await run_for(side.select1, 10, 0.3)
+    ratios: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+    rates: dict[str, dict[str, list[float]]] = {
+        name: {"aiopg": [], "pgpool": []} for name, _, _ in cases
+    }
+    for r in range(rounds):
+        for name, method, tasks in cases:
+            order: list[tuple[str, Raw | Ours]] = [("aiopg", raw), ("pgpool", ours)]
+            if r % 2:
+                order.reverse()
+            got: dict[str, float] = {}
+            for label, side in order:
+                done, _, _ = await run_for(getattr(side, method), tasks, seconds)
+                got[label] = done / seconds
+                rates[name][label].append(got[label])
+            ratios[name].append(got["pgpool"] / got["aiopg"])
+    print(f"{'workload':10} {'aiopg ops/s':>12} {'pgpool ops/s':>13} {'ratio':>7} {'target':>7}")
+    summary = []
+    for name, _, _ in cases:
+        ratio = statistics.median(ratios[name])
+        target = TARGETS.get(name)
+        mark = "" if target is None else ("ok" if ratio >= target else "MISS")
+        print(
+            f"{name:10} {statistics.median(rates[name]['aiopg']):12.0f}"
+            f" {statistics.median(rates[name]['pgpool']):13.0f} {ratio:7.2f}"
+            f" {'' if target is None else f'>={target}':>7} {mark}"
+        )
+        summary.append(f"{name} {ratio:.2f}x")
+    await raw_pool.clear()
+    raw_pool.close()
+    await raw_pool.wait_closed()
+    await ours_pool.stop()
+    return summary
+
+
+async def starvation(url: str, seconds: float) -> list[str]:
+    """200 tasks on 10 connections, each statement holding one ~1 ms."""
+    duration = max(seconds * 3, 2.0)
+    parts = []
+    for label in ("aiopg", "pgpool"):
+        if label == "aiopg":
+            pool_raw = await aiopg.create_pool(url, minsize=10, maxsize=10, timeout=60)
+
+            async def op_raw(pool_raw: aiopg.Pool = pool_raw) -> None:
+                async with pool_raw.acquire() as conn, conn.cursor() as cur:
+                    await cur.execute("SELECT pg_sleep(0.001)")
+
+            _, lat, per_task = await run_for(op_raw, 200, duration)
+            pool_raw.close()
+            await pool_raw.wait_closed()
+        else:
+            async with PoolManager(url, min_size=10, max_size=10, acquire_timeout=60) as pool:
+
+                async def op_ours(pool: PoolManager = pool) -> None:
+                    await pool.execute("SELECT pg_sleep(0.001)")
+
+                _, lat, per_task = await run_for(op_ours, 200, duration)
+        p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
+        starved = sum(1 for n in per_task if n == 0)
+        print(
+            f"starved {label:7} p50={p50 * 1000:7.1f} ms p99={p99 * 1000:7.1f} ms"
+            f" p99/p50={p99 / p50:5.2f} tasks with 0 ops={starved}"
+        )
+        parts.append(f"{label} p99/p50 {p99 / p50:.2f} starved {starved}")
+    return parts
+
+
 async def main(rounds: int, seconds: float) -> int:
     server, problems = start_first_available()
     if server is None:
         print("no PostgreSQL for the benchmark:", "; ".join(problems), file=sys.stderr)
         return 1
     try:
-        url = server.url
-        print(
-            f"postgres: {server.source.value} {server.version}; {rounds} rounds x {seconds} s per side"
-        )
-        await prepare(url)
-        raw_pool = await aiopg.create_pool(url, minsize=10, maxsize=10, timeout=60)
-        ours_pool = PoolManager(url, min_size=10, max_size=10, acquire_timeout=60)
-        await ours_pool.start()
-        raw, ours = Raw(raw_pool), Ours(ours_pool)
-        cases: list[tuple[str, str, int]] = [
-            ("W1 c=1", "select1", 1),
-            ("W1 c=16", "select1", 16),
-            ("W1 c=64", "select1", 64),
-            ("W2", "rows", 16),
-            ("W3", "update", 16),
-        ]
-        # Warm both pools (connections open, caches hot).
-        for side in (raw, ours):
-            await run_for(side.select1, 10, 0.3)
-        ratios: dict[str, list[float]] = {name: [] for name, _, _ in cases}
-        rates: dict[str, dict[str, list[float]]] = {
-            name: {"aiopg": [], "pgpool": []} for name, _, _ in cases
-        }
-        for r in range(rounds):
-            for name, method, tasks in cases:
-                order = [("aiopg", raw), ("pgpool", ours)]
-                if r % 2:
-                    order.reverse()
-                got: dict[str, float] = {}
-                for label, side in order:
-                    done, _, _ = await run_for(getattr(side, method), tasks, seconds)
-                    got[label] = done / seconds
-                    rates[name][label].append(got[label])
-                ratios[name].append(got["pgpool"] / got["aiopg"])
-        print(
-            f"{'workload':10} {'aiopg ops/s':>12} {'pgpool ops/s':>13} {'ratio':>7} {'target':>7}"
-        )
-        summary = []
-        for name, _, _ in cases:
-            ratio = statistics.median(ratios[name])
-            target = TARGETS.get(name)
-            mark = "" if target is None else ("ok" if ratio >= target else "MISS")
-            print(
-                f"{name:10} {statistics.median(rates[name]['aiopg']):12.0f}"
-                f" {statistics.median(rates[name]['pgpool']):13.0f} {ratio:7.2f}"
-                f" {'' if target is None else f'>={target}':>7} {mark}"
-            )
-            summary.append(f"{name} {ratio:.2f}x")
-        await raw_pool.clear()
-        raw_pool.close()
-        await raw_pool.wait_closed()
-        await ours_pool.stop()
-
-        # Starvation: 200 tasks on 10 connections, each statement holding it ~1 ms.
-        starved_line = []
-        for label in ("aiopg", "pgpool"):
-            if label == "aiopg":
-                pool_raw = await aiopg.create_pool(url, minsize=10, maxsize=10, timeout=60)
-
-                async def op_raw(pool_raw: aiopg.Pool = pool_raw) -> None:
-                    async with pool_raw.acquire() as conn, conn.cursor() as cur:
-                        await cur.execute("SELECT pg_sleep(0.001)")
-
-                _, lat, per_task = await run_for(op_raw, 200, max(seconds * 3, 2.0))
-                pool_raw.close()
-                await pool_raw.wait_closed()
-            else:
-                async with PoolManager(
-                    url, min_size=10, max_size=10, acquire_timeout=60
-                ) as pool_ours:
-
-                    async def op_ours(pool_ours: PoolManager = pool_ours) -> None:
-                        await pool_ours.execute("SELECT pg_sleep(0.001)")
-
-                    _, lat, per_task = await run_for(op_ours, 200, max(seconds * 3, 2.0))
-            p50, p99 = percentile(lat, 0.5), percentile(lat, 0.99)
-            starved = sum(1 for n in per_task if n == 0)
-            print(
-                f"starved {label:7} p50={p50 * 1000:7.1f} ms p99={p99 * 1000:7.1f} ms"
-                f" p99/p50={p99 / p50:5.2f} tasks with 0 ops={starved}"
-            )
-            starved_line.append(f"{label} p99/p50 {p99 / p50:.2f} starved {starved}")
-        print("summary: " + "; ".join(summary) + "; starved: " + "; ".join(starved_line))
+        print(f"postgres: {server.source.value} {server.version}; {rounds} rounds x {seconds} s")
+        await prepare(server.url)
+        summary = await compare(server.url, rounds, seconds)
+        starved = await starvation(server.url, seconds)
+        print("summary: " + "; ".join(summary) + "; starved: " + "; ".join(starved))
     finally:
         server.close()
     return 0
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0)
     args = parser.parse_args()

@@ -558,32 +558,37 @@ class PoolManager:
         self._mark_success(self._now())
         return conn.result()
 
-    def _deadline(self, timeout: float | None) -> tuple[float | None, float]:
-        """(acquire limit, statement deadline) for one call, from one clock reading."""
-        now = self._now()
+    async def _acquire_for(self, timeout: float | None) -> tuple[_Slot, float, float]:
+        """Acquire for one call: (slot, statement deadline, total seconds quoted on expiry).
+
+        With ``timeout`` it bounds the whole call, waiting included, from one clock
+        reading; without, waiting is bounded by acquire_timeout and running by query_timeout.
+        """
         if timeout is None:
-            return None, now + self.settings.acquire_timeout + self.settings.query_timeout
+            slot = await self._acquire(None)
+            total = self.settings.query_timeout
+            return slot, self._now() + total, total
         if timeout <= 0:
             raise SettingsError(f"timeout: must be > 0 seconds, got {timeout!r}")
-        return now + timeout, now + timeout
+        deadline = self._now() + timeout
+        return await self._acquire(deadline), deadline, timeout
+
+    def _release_after(self, slot: _Slot, exc: BaseException) -> None:
+        """Release after a failed call; a driver error on a dead connection discards it."""
+        bad = isinstance(exc, psycopg2.Error) and slot.conn.closed
+        if bad:
+            self._counters["connections_lost"] += 1
+        self._release(slot, bad=bad)
 
     @contextlib.asynccontextmanager
     async def _checkout(self, timeout: float | None) -> AsyncIterator[tuple[_Slot, float, float]]:
-        acquire_limit, deadline = self._deadline(timeout)
-        slot = await self._acquire(acquire_limit)
-        if timeout is None:
-            deadline = self._now() + self.settings.query_timeout
-        total = timeout if timeout is not None else self.settings.query_timeout
+        slot, deadline, total = await self._acquire_for(timeout)
         try:
             yield slot, deadline, total
         except BaseException as exc:
-            bad = isinstance(exc, psycopg2.Error) and slot.conn.closed
-            if bad:
-                self._counters["connections_lost"] += 1
-            self._release(slot, bad=bad)
+            self._release_after(slot, exc)
             raise
-        else:
-            self._release(slot)
+        self._release(slot)
 
     async def execute(
         self, sql: str, params: Any = None, *, metric_name: str = "", timeout: float | None = None
@@ -607,23 +612,12 @@ class PoolManager:
     async def _execute_once(
         self, sql: str, params: Any, timeout: float | None, *, callproc: bool
     ) -> QueryResult:
-        # execute()/callproc() hot path: _checkout inlined (no generator-based context).
-        acquire_limit, _ = self._deadline(timeout)
-        slot = await self._acquire(acquire_limit)
-        if timeout is None:
-            total = self.settings.query_timeout
-            deadline = self._now() + total
-        else:
-            total = timeout
-            assert acquire_limit is not None
-            deadline = acquire_limit
+        # execute()/callproc() hot path: _checkout without its generator-based context.
+        slot, deadline, total = await self._acquire_for(timeout)
         try:
             result = await self._run(slot, sql, params, deadline, total, callproc=callproc)
         except BaseException as exc:
-            bad = isinstance(exc, psycopg2.Error) and slot.conn.closed
-            if bad:
-                self._counters["connections_lost"] += 1
-            self._release(slot, bad=bad)
+            self._release_after(slot, exc)
             raise
         self._release(slot)
         return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -11,7 +12,13 @@ import psycopg2
 import psycopg2.errors
 import pytest
 
-from pgpool_core import PoolManager, PoolTimeoutError, QueryTimeoutError
+from pgpool_core import (
+    PoolManager,
+    PoolTimeoutError,
+    PoolUnavailableError,
+    QueryTimeoutError,
+    TooManyRequestsError,
+)
 from pgpool_core.testing import PostgresServer
 
 
@@ -292,3 +299,73 @@ async def test_large_parameter_round_trips(pool: PoolManager) -> None:
     """A 10 MB parameter goes through and comes back intact."""
     big = "x" * (10 * 1024 * 1024)
     assert (await pool.execute("SELECT length(%s) AS n", [big])).row == {"n": len(big)}
+
+
+async def test_waiters_are_served_in_arrival_order(postgres_db_url: str) -> None:
+    """With one connection busy, requests queued in order complete in that order."""
+    async with PoolManager(postgres_db_url, min_size=1, max_size=1, acquire_timeout=10) as pool:
+        await pool.execute("SELECT 1")
+        holder = asyncio.create_task(pool.execute("SELECT pg_sleep(0.3)"))
+        await wait_for_condition(lambda: pool.stats()["pool_available"] == 0)
+        finished: list[int] = []
+
+        async def request(n: int) -> None:
+            await pool.execute("SELECT %s", [n])
+            finished.append(n)
+
+        tasks = []
+        for n in range(8):
+            tasks.append(asyncio.create_task(request(n)))
+            await wait_for_condition(lambda n=n: pool.stats()["requests_waiting"] == n + 1)
+        await asyncio.gather(holder, *tasks)
+        assert finished == list(range(8))
+
+
+async def test_max_waiting_sheds_at_once_with_a_real_server(postgres_db_url: str) -> None:
+    """max_waiting=2: the third queued request fails immediately with TooManyRequestsError."""
+    async with PoolManager(
+        postgres_db_url, min_size=1, max_size=1, max_waiting=2, acquire_timeout=10
+    ) as pool:
+        await pool.execute("SELECT 1")
+        holder = asyncio.create_task(pool.execute("SELECT pg_sleep(0.3)"))
+        await wait_for_condition(lambda: pool.stats()["pool_available"] == 0)
+        queued = [asyncio.create_task(pool.execute("SELECT 1")) for _ in range(2)]
+        await wait_for_condition(lambda: pool.stats()["requests_waiting"] == 2)
+        started = time.monotonic()
+        with pytest.raises(TooManyRequestsError, match="max_waiting=2"):
+            await pool.execute("SELECT 1")
+        assert time.monotonic() - started < 0.05
+        await asyncio.gather(holder, *queued)
+
+
+async def test_connect_is_bounded_by_connect_timeout() -> None:
+    """A server that accepts TCP but never answers fails the request within connect_timeout."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # the kernel completes handshakes; nothing ever answers
+    port = silent.getsockname()[1]
+    try:
+        async with PoolManager(
+            f"postgresql://app:s3cret@127.0.0.1:{port}/db", min_size=0, connect_timeout=0.3
+        ) as pool:
+            started = time.monotonic()
+            with pytest.raises(PoolUnavailableError) as info:
+                await pool.execute("SELECT 1")
+            assert 0.3 <= time.monotonic() - started < 0.6
+            assert "s3cret" not in str(info.value)
+            assert pool.stats()["connections_errors"] == 1
+    finally:
+        silent.close()
+
+
+async def test_idle_connections_above_min_are_closed_in_the_background(
+    postgres_db_url: str, postgres_server: PostgresServer
+) -> None:
+    """After a burst, connections idle past max_idle go away on their own, down to min_size."""
+    db = database_of(postgres_db_url)
+    async with PoolManager(postgres_db_url, min_size=1, max_size=3, max_idle=0.3) as pool:
+        await asyncio.gather(*(pool.execute("SELECT pg_sleep(0.1)") for _ in range(3)))
+        assert pool.stats()["pool_size"] == 3
+        took = await wait_for_condition(lambda: len(_backends(postgres_server, db)) == 1, timeout=3)
+        assert took >= 0.2
+        assert pool.stats()["pool_size"] == 1
