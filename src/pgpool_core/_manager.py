@@ -382,7 +382,9 @@ class PoolManager:
             while idle:
                 slot = idle.pop()  # most recently used: warm, and lets others idle out
                 if slot.expires <= now or slot.conn.closed:
-                    self._discard(slot, bad=slot.conn.closed)
+                    if slot.conn.closed:  # died while idle
+                        counters["connections_lost"] += 1
+                    self._discard(slot, bad=False)
                     continue
                 self._in_use += 1
                 self._busy_slots.add(slot)
@@ -457,8 +459,7 @@ class PoolManager:
     def _retire_or_reuse(self, slot: _Slot, *, bad: bool) -> None:
         conn = slot.conn
         if bad or conn.closed or self._state is not PoolState.OPEN:
-            if conn.closed and not bad:
-                self._counters["connections_lost"] += 1
+            # Counted once, as returns_bad, when it came back broken from use.
             self._discard(slot, bad=bad or conn.closed)
             return
         status = conn.transaction_status()
@@ -575,10 +576,7 @@ class PoolManager:
 
     def _release_after(self, slot: _Slot, exc: BaseException) -> None:
         """Release after a failed call; a driver error on a dead connection discards it."""
-        bad = isinstance(exc, psycopg2.Error) and slot.conn.closed
-        if bad:
-            self._counters["connections_lost"] += 1
-        self._release(slot, bad=bad)
+        self._release(slot, bad=isinstance(exc, psycopg2.Error) and slot.conn.closed)
 
     @contextlib.asynccontextmanager
     async def _checkout(self, timeout: float | None) -> AsyncIterator[tuple[_Slot, float, float]]:
@@ -726,6 +724,8 @@ class PoolManager:
         # Oldest-used first: the idle deque is used LIFO, so the left end idled longest.
         for slot in self._idle:
             total_open = self._size - self._connecting
+            if slot.conn.closed:  # died while idle
+                self._counters["connections_lost"] += 1
             expired = slot.expires <= now or slot.conn.closed
             idle_too_long = (
                 now - slot.last_used >= self.settings.max_idle

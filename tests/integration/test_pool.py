@@ -369,3 +369,33 @@ async def test_idle_connections_above_min_are_closed_in_the_background(
         took = await wait_for_condition(lambda: len(_backends(postgres_server, db)) == 1, timeout=3)
         assert took >= 0.2
         assert pool.stats()["pool_size"] == 1
+
+
+async def test_min_size_is_kept_filled_in_the_background(
+    postgres_db_url: str, postgres_server: PostgresServer
+) -> None:
+    """start() returns at once and min_size backends appear; a killed one is discarded,
+    counted and replaced. (That the *first* request after the kill succeeds is the
+    checkout validation of the resilience issue; here the driver error may pass through.)"""
+    db = database_of(postgres_db_url)
+    async with PoolManager(postgres_db_url, min_size=3, max_size=3) as pool:
+        await wait_for_condition(lambda: len(_backends(postgres_server, db)) == 3)
+        victims = {r["pid"] for r in _backends(postgres_server, db)}
+        postgres_server.terminate_backends(db)
+        failures = 0
+        for _ in range(6):
+            try:
+                await pool.execute("SELECT 1")
+            except psycopg2.OperationalError:
+                failures += 1
+        stats = pool.stats()
+        # Each victim counted once: broken in use (returns_bad, the failed requests) or
+        # found dead while idle (connections_lost).
+        assert stats["returns_bad"] == failures <= 3
+        assert stats["returns_bad"] + stats["connections_lost"] == 3
+        await wait_for_condition(
+            lambda: (
+                len(_backends(postgres_server, db)) == 3
+                and not victims & {r["pid"] for r in _backends(postgres_server, db)}
+            )
+        )

@@ -246,13 +246,18 @@ async def test_connection_left_in_a_transaction_is_rolled_back_and_reused(
 async def test_broken_connection_is_discarded_and_counted(
     pool: PoolManager, fake: FakeConnector
 ) -> None:
-    """A connection that dies mid-statement raises the driver error and is replaced."""
+    """A connection that dies mid-statement raises the driver error, counts as returns_bad
+    and is replaced; one found dead while idle counts as connections_lost."""
     fake.on("die", close_connection=True)
     with pytest.raises(psycopg2.OperationalError):
         await pool.execute("SELECT die()")
-    assert pool.stats()["connections_lost"] == 1
+    assert (pool.stats()["returns_bad"], pool.stats()["connections_lost"]) == (1, 0)
     await pool.execute("SELECT 1")
     assert len(fake.connections) == 2
+    fake.connections[1].close()  # dies while idle in the pool
+    await pool.execute("SELECT 1")
+    assert (pool.stats()["returns_bad"], pool.stats()["connections_lost"]) == (1, 1)
+    assert len(fake.connections) == 3
 
 
 async def test_connect_failure_fails_fast_and_recovers(fake: FakeConnector) -> None:
