@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from ._classify import ErrorKind, classify, sqlstate
 from ._config import PoolSettings, redact_dsn
 from ._connector import AiopgConnector, Connector, DriverConnection, TxStatus
 from ._manager import OnDuration, OnError, PoolManager, PoolStatus, PostgresConnector
@@ -28,6 +29,7 @@ __all__ = [
     "ConnectionException",
     "Connector",
     "DriverConnection",
+    "ErrorKind",
     "OnDuration",
     "OnError",
     "PoolClosedError",
@@ -45,5 +47,7 @@ __all__ = [
     "TooManyRequestsError",
     "TxStatus",
     "__version__",
+    "classify",
     "redact_dsn",
+    "sqlstate",
 ]

@@ -13,11 +13,14 @@ import psycopg2.errors
 import pytest
 
 from pgpool_core import (
+    ErrorKind,
     PoolManager,
     PoolTimeoutError,
     PoolUnavailableError,
     QueryTimeoutError,
     TooManyRequestsError,
+    classify,
+    sqlstate,
 )
 from pgpool_core.testing import PostgresServer
 
@@ -399,3 +402,25 @@ async def test_min_size_is_kept_filled_in_the_background(
                 and not victims & {r["pid"] for r in _backends(postgres_server, db)}
             )
         )
+
+
+async def test_real_database_conditions_classify(pool: PoolManager) -> None:
+    """Duplicate key, FK violation, 1/0, a client timeout and a statement_timeout classify."""
+    await pool.execute("CREATE TABLE child (id int PRIMARY KEY, item int REFERENCES items (id))")
+    await pool.execute("INSERT INTO items VALUES (1, 'a')")
+    cases: list[tuple[str, float | None, ErrorKind, str | None]] = [
+        ("INSERT INTO items VALUES (1, 'dup')", None, ErrorKind.UNIQUE_VIOLATION, "23505"),
+        ("INSERT INTO child VALUES (1, 99)", None, ErrorKind.FOREIGN_KEY_VIOLATION, "23503"),
+        ("SELECT 1/0", None, ErrorKind.DATABASE, "22012"),
+        ("SELECT pg_sleep(5)", 0.2, ErrorKind.QUERY_TIMEOUT, None),
+        (
+            "SET LOCAL statement_timeout = 50; SELECT pg_sleep(5)",
+            None,
+            ErrorKind.QUERY_TIMEOUT,
+            "57014",
+        ),
+    ]
+    for sql, timeout, kind, code in cases:
+        with pytest.raises(Exception) as info:  # noqa: PT011 - each case checks its own kind
+            await pool.execute(sql, timeout=timeout)
+        assert (classify(info.value), sqlstate(info.value)) == (kind, code), sql
