@@ -40,6 +40,10 @@ _KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "max_idle": (("postgres_max_idle",), ("POSTGRES_MAX_IDLE",)),
     "max_waiting": (("postgres_max_waiting",), ("POSTGRES_MAX_WAITING",)),
     "cancel_timeout": (("postgres_cancel_timeout",), ("POSTGRES_CANCEL_TIMEOUT",)),
+    "validate_idle_after": (
+        ("postgres_validate_idle_after",),
+        ("POSTGRES_VALIDATE_IDLE_AFTER",),
+    ),
     "enable_hstore": (("postgres_hstore",), ("POSTGRES_HSTORE",)),
     "enable_json": (("postgres_json",), ("POSTGRES_JSON",)),
     "enable_uuid": (("postgres_uuid",), ("POSTGRES_UUID",)),
@@ -146,6 +150,8 @@ class PoolSettings:
     :param max_idle: idle connections above ``min_size`` are closed after this (default 600 s).
     :param max_waiting: most requests waiting for a connection; 0 = unlimited (default 0).
     :param cancel_timeout: bound on a server-side cancel request (default 5 s).
+    :param validate_idle_after: a connection idle at least this long is checked with a
+        bounded ``SELECT 1`` before it is handed out; 0 checks every time (default 1 s).
     :param enable_hstore: register the hstore adapter (needs the extension; default False).
     :param enable_json: register aiopg's json adapter (default False).
     :param enable_uuid: register the uuid adapter (default True).
@@ -164,6 +170,7 @@ class PoolSettings:
     max_idle: float = 600.0
     max_waiting: int = 0
     cancel_timeout: float = 5.0
+    validate_idle_after: float = 1.0
     enable_hstore: bool = False
     enable_json: bool = False
     enable_uuid: bool = True
@@ -210,6 +217,10 @@ class PoolSettings:
             value = getattr(self, name)
             if value <= 0:
                 raise SettingsError(f"{name}: must be > 0 seconds, got {value}")
+        if self.validate_idle_after < 0:
+            raise SettingsError(
+                f"validate_idle_after: must be >= 0 seconds, got {self.validate_idle_after}"
+            )
         if self.url:
             _validate_url(self.url)
 

@@ -389,7 +389,13 @@ class PoolManager:
                 self._in_use += 1
                 self._busy_slots.add(slot)
                 slot.acquired_at = now
-                return slot
+                if now - slot.last_used < self.settings.validate_idle_after:
+                    return slot
+                # Idle long enough that the server may have dropped it (restart,
+                # pg_terminate_backend, idle timeouts): prove it alive before handing out.
+                if await self._validate(slot):
+                    return slot
+                now = self._now()
         max_waiting = self.settings.max_waiting
         if max_waiting and len(self._waiters) >= max_waiting:
             counters["requests_errors"] += 1
@@ -423,6 +429,23 @@ class PoolManager:
         finally:
             timers.discard(waiter)
             counters["requests_wait_ms"] += int((self._now() - now) * 1000)
+
+    async def _validate(self, slot: _Slot) -> bool:
+        """A bounded ``SELECT 1`` on a checked-out slot; a dead one is dropped and counted."""
+        bound = min(self.settings.connect_timeout, self.settings.cancel_timeout)
+        try:
+            await self._run(slot, "SELECT 1", None, self._now() + bound, bound)
+        except (psycopg2.Error, QueryTimeoutError):
+            self._counters["connections_lost"] += 1
+            slot.conn.close()  # also ends a statement still running: nothing to settle
+            self._busy_slots.discard(slot)
+            self._in_use -= 1
+            self._discard(slot, bad=False)
+            return False
+        except BaseException:
+            self._release(slot)
+            raise
+        return True
 
     def _expire_waiter(self, waiter: asyncio.Future[_Slot], wait: float) -> None:
         if waiter.done():

@@ -424,3 +424,18 @@ async def test_real_database_conditions_classify(pool: PoolManager) -> None:
         with pytest.raises(Exception) as info:  # noqa: PT011 - each case checks its own kind
             await pool.execute(sql, timeout=timeout)
         assert (classify(info.value), sqlstate(info.value)) == (kind, code), sql
+
+
+async def test_first_request_after_all_idle_backends_are_killed_succeeds(
+    postgres_db_url: str, postgres_server: PostgresServer
+) -> None:
+    """F2: pg_terminate_backend of every idle backend; the next request still succeeds,
+    the dead ones are counted as connections_lost, none as a failed request."""
+    db = database_of(postgres_db_url)
+    async with PoolManager(postgres_db_url, min_size=3, max_size=3, validate_idle_after=0) as pool:
+        await wait_for_condition(lambda: len(_backends(postgres_server, db)) == 3)
+        assert postgres_server.terminate_backends(db) == 3
+        assert (await pool.execute("SELECT 1 AS ok")).row == {"ok": 1}
+        assert pool.stats()["connections_lost"] == 3
+        assert pool.stats()["returns_bad"] == 0
+        await wait_for_condition(lambda: len(_backends(postgres_server, db)) == 3)

@@ -459,3 +459,32 @@ async def test_bad_timeout_argument_is_a_settings_error(pool: PoolManager) -> No
     """timeout=0 is rejected with the parameter named."""
     with pytest.raises(ValueError, match="timeout: must be > 0"):
         await pool.execute("SELECT 1", timeout=0)
+
+
+async def test_idle_connection_is_validated_and_a_dead_one_skipped(fake: FakeConnector) -> None:
+    """A connection idle past validate_idle_after gets SELECT 1 first; if the server had
+    dropped it, it is counted as lost and the request succeeds on a new one."""
+    now = [0.0]
+    async with PoolManager(
+        URL, connector=fake, min_size=0, validate_idle_after=5, clock=lambda: now[0]
+    ) as pool:
+        fake.on("^SELECT 42", rows=[{"n": 42}])
+        await pool.execute("SELECT 42")
+        first = fake.connections[0]
+        now[0] += 1  # recently used: no validation
+        await pool.execute("SELECT 42")
+        assert first.statements == ["SELECT 42", "SELECT 42"]
+        first.drop()
+        now[0] += 10
+        assert (await pool.execute("SELECT 42")).row == {"n": 42}
+        assert first.statements[-1] == "SELECT 1"
+        assert first.closed
+        assert pool.stats()["connections_lost"] == 1
+        assert pool.stats()["returns_bad"] == 0
+        assert len(fake.connections) == 2
+
+
+def test_validate_idle_after_rejects_negative() -> None:
+    """validate_idle_after < 0 is a SettingsError naming it."""
+    with pytest.raises(ValueError, match="validate_idle_after"):
+        PoolManager(URL, validate_idle_after=-1)

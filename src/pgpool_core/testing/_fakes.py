@@ -97,6 +97,7 @@ class FakeConnection:
         self.cancel_requests = 0
         self._pending: asyncio.Future[None] | None = None
         self._running = False
+        self._dropped = False
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._result = QueryResult(0, [])
         self._script: Script | None = None
@@ -151,7 +152,7 @@ class FakeConnection:
         self._finish = finish
         self._running = True
         self._script = script
-        if script is not None and script.close_connection:
+        if self._dropped or (script is not None and script.close_connection):
             self.loop.call_soon(self._die)
         elif script is not None and script.hang:
             pass
@@ -169,6 +170,10 @@ class FakeConnection:
 
     def _die(self) -> None:
         self.close()
+
+    def drop(self) -> None:
+        """The server drops this connection; the client only finds out on next use."""
+        self._dropped = True
 
     def result(self) -> QueryResult:
         return self._result
