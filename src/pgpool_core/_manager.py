@@ -154,8 +154,7 @@ class PoolManager:
         # Busy connections already on their way back (settling a cancel, rolling back):
         # demand they will meet is not demand for new connections.
         self._returning = 0
-        self._in_use = 0
-        self._busy_slots: set[_Slot] = set()
+        self._busy_slots: set[_Slot] = set()  # checked out, or on their way back
         self._drained: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None
@@ -317,14 +316,11 @@ class PoolManager:
             LOGGER.warning("pool %s: connect failed: %s", self.name, self._last_error)
             # Fail the oldest waiter now rather than let it sit out its whole timeout
             # against a database that just refused us.
-            while self._waiters:
-                waiter = self._waiters.popleft()
-                if not waiter.done():
-                    error = PoolUnavailableError(
-                        f"cannot connect to {self.name}: {self._last_error}"
-                    )
-                    waiter.set_exception(error)
-                    break
+            waiter = self._pop_waiter()
+            if waiter is not None:
+                waiter.set_exception(
+                    PoolUnavailableError(f"cannot connect to {self.name}: {self._last_error}")
+                )
             return
         self._connecting -= 1
         now = self._now()
@@ -338,17 +334,36 @@ class PoolManager:
         slot = _Slot(conn, now, now + self.settings.max_lifetime * self._jitter(), now)
         self._hand_off(slot)
 
-    def _hand_off(self, slot: _Slot) -> None:
-        """Give a free connection to the oldest live waiter, else make it idle (FIFO fairness)."""
+    @property
+    def _in_use(self) -> int:
+        return len(self._busy_slots)
+
+    def _pop_waiter(self) -> asyncio.Future[_Slot] | None:
+        """The oldest waiter still waiting (expired and cancelled ones are dropped)."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                self._in_use += 1
-                self._busy_slots.add(slot)
-                slot.acquired_at = self._now()
-                waiter.set_result(slot)
-                return
-        slot.last_used = self._now()
+                return waiter
+        return None
+
+    def _take(self, slot: _Slot, now: float) -> None:
+        self._busy_slots.add(slot)
+        slot.acquired_at = now
+
+    def _untake(self, slot: _Slot) -> None:
+        self._busy_slots.discard(slot)
+        if not self._busy_slots and self._drained is not None and self._state is PoolState.CLOSING:
+            self._drained.set()
+
+    def _hand_off(self, slot: _Slot) -> None:
+        """Give a free connection to the oldest live waiter, else make it idle (FIFO fairness)."""
+        now = self._now()
+        waiter = self._pop_waiter()
+        if waiter is not None:
+            self._take(slot, now)
+            waiter.set_result(slot)
+            return
+        slot.last_used = now
         self._idle.append(slot)
 
     def _discard(self, slot: _Slot, *, bad: bool) -> None:
@@ -359,6 +374,12 @@ class PoolManager:
         if bad:
             self._counters["returns_bad"] += 1
         self._grow()
+
+    def _drop_idle(self, slot: _Slot) -> None:
+        """Close a connection taken from the idle list; count it lost if it died there."""
+        if slot.conn.closed:
+            self._counters["connections_lost"] += 1
+        self._discard(slot, bad=False)
 
     def _mark_success(self, now: float) -> None:
         self._last_success = now
@@ -382,13 +403,9 @@ class PoolManager:
             while idle:
                 slot = idle.pop()  # most recently used: warm, and lets others idle out
                 if slot.expires <= now or slot.conn.closed:
-                    if slot.conn.closed:  # died while idle
-                        counters["connections_lost"] += 1
-                    self._discard(slot, bad=False)
+                    self._drop_idle(slot)
                     continue
-                self._in_use += 1
-                self._busy_slots.add(slot)
-                slot.acquired_at = now
+                self._take(slot, now)
                 if now - slot.last_used < self.settings.validate_idle_after:
                     return slot
                 # Idle long enough that the server may have dropped it (restart,
@@ -436,11 +453,9 @@ class PoolManager:
         try:
             await self._run(slot, "SELECT 1", None, self._now() + bound, bound)
         except (psycopg2.Error, QueryTimeoutError):
-            self._counters["connections_lost"] += 1
             slot.conn.close()  # also ends a statement still running: nothing to settle
-            self._busy_slots.discard(slot)
-            self._in_use -= 1
-            self._discard(slot, bad=False)
+            self._untake(slot)
+            self._drop_idle(slot)
             return False
         except BaseException:
             self._release(slot)
@@ -462,46 +477,50 @@ class PoolManager:
         )
 
     def _release(self, slot: _Slot, *, bad: bool = False) -> None:
-        """Return a connection. Never awaits: any I/O needed first runs in an owned task."""
+        """Return a connection. Never awaits: any I/O needed first runs in an owned task,
+        and the slot stays taken (counted in use) until that task releases it."""
         if slot not in self._busy_slots:
             return
-        now = self._now()
-        if slot.conn.is_busy():
+        conn = slot.conn
+        if conn.is_busy():
             # A statement is still running (timeout or cancellation): cancel it on the
-            # server, then release. The slot stays "in use" until then.
+            # server, then release.
             self._returning += 1
             self._spawn(self._settle(slot), "settle")
             return
-        self._busy_slots.discard(slot)
-        self._in_use -= 1
-        self._counters["usage_ms"] += int((now - slot.acquired_at) * 1000)
-        self._retire_or_reuse(slot, bad=bad)
-        if self._in_use == 0 and self._drained is not None and self._state is PoolState.CLOSING:
-            self._drained.set()
+        status = conn.transaction_status()  # UNKNOWN once closed
+        if (
+            not bad
+            and self._state is PoolState.OPEN
+            and status in (TxStatus.INTRANS, TxStatus.INERROR)
+        ):
+            # Left inside a transaction: roll back and reuse, off the caller's path.
+            self._returning += 1
+            self._spawn(self._rollback_then_release(slot), "rollback")
+            return
+        self._untake(slot)
+        self._counters["usage_ms"] += int((self._now() - slot.acquired_at) * 1000)
+        self._retire_or_reuse(slot, bad=bad, status=status)
 
-    def _retire_or_reuse(self, slot: _Slot, *, bad: bool) -> None:
+    def _retire_or_reuse(self, slot: _Slot, *, bad: bool, status: TxStatus) -> None:
         conn = slot.conn
         if bad or conn.closed or self._state is not PoolState.OPEN:
             # Counted once, as returns_bad, when it came back broken from use.
             self._discard(slot, bad=bad or conn.closed)
-            return
-        status = conn.transaction_status()
-        if status in (TxStatus.INTRANS, TxStatus.INERROR):
-            # Left inside a transaction: roll back and reuse, off the caller's path.
-            self._in_use += 1
-            self._busy_slots.add(slot)
-            self._returning += 1
-            self._spawn(self._rollback_then_release(slot), "rollback")
             return
         if status is not TxStatus.IDLE or slot.expires <= self._now():
             self._discard(slot, bad=status is not TxStatus.IDLE)
             return
         self._hand_off(slot)
 
-    async def _rollback_then_release(self, slot: _Slot) -> None:
+    async def _rollback(self, slot: _Slot) -> None:
+        """``ROLLBACK`` on ``slot``, bounded by cancel_timeout."""
         bound = self.settings.cancel_timeout
+        await self._run(slot, "ROLLBACK", None, self._now() + bound, bound)
+
+    async def _rollback_then_release(self, slot: _Slot) -> None:
         try:
-            await self._run(slot, "ROLLBACK", None, self._now() + bound, bound)
+            await self._rollback(slot)
         except (Exception, asyncio.CancelledError):
             # Could not confirm the rollback: never hand out that connection again.
             await self._settle(slot, discard=True)
@@ -746,22 +765,17 @@ class PoolManager:
         keep: collections.deque[_Slot] = collections.deque()
         # Oldest-used first: the idle deque is used LIFO, so the left end idled longest.
         for slot in self._idle:
-            total_open = self._size - self._connecting
-            if slot.conn.closed:  # died while idle
-                self._counters["connections_lost"] += 1
             expired = slot.expires <= now or slot.conn.closed
             idle_too_long = (
                 now - slot.last_used >= self.settings.max_idle
-                and total_open > self.settings.min_size
+                and self._size - self._connecting > self.settings.min_size
             )
             if expired or idle_too_long:
-                self._size -= 1
-                with contextlib.suppress(Exception):
-                    slot.conn.close()
+                self._drop_idle(slot)  # refills up to min_size as it goes
             else:
                 keep.append(slot)
         self._idle = keep
-        self._grow()
+        self._grow()  # also refills min_size after earlier connect failures
 
 
 class PostgresConnector:
@@ -838,8 +852,7 @@ class PostgresConnector:
         except BaseException:
             if not slot.conn.is_busy() and not slot.conn.closed:
                 with contextlib.suppress(Exception):
-                    bound = pool.settings.cancel_timeout
-                    await pool._run(slot, "ROLLBACK", None, pool._now() + bound, bound)
+                    await pool._rollback(slot)
             raise
         await pool._run(slot, "COMMIT", None, self._deadline, self._total)
 

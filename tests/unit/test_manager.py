@@ -488,3 +488,17 @@ def test_validate_idle_after_rejects_negative() -> None:
     """validate_idle_after < 0 is a SettingsError naming it."""
     with pytest.raises(ValueError, match="validate_idle_after"):
         PoolManager(URL, validate_idle_after=-1)
+
+
+async def test_usage_is_counted_once_when_a_transaction_is_rolled_back(
+    fake: FakeConnector,
+) -> None:
+    """A connection returned mid-transaction counts its use once, through the rollback."""
+    now = [0.0]
+    async with PoolManager(URL, connector=fake, min_size=0, clock=lambda: now[0]) as pool:
+        async with pool.connection() as conn:
+            await conn.send("BEGIN", None)
+            now[0] += 2.0
+        await until(lambda: pool.stats()["pool_available"] == 1)
+        assert fake.connections[0].statements[-1] == "ROLLBACK"
+        assert pool.stats()["usage_ms"] == 2000
