@@ -7,6 +7,7 @@ Precedence, highest first: explicit keyword arguments, a mapping with ``postgres
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -17,6 +18,7 @@ from typing import Any
 
 import psycopg2.extensions
 
+from ._srv import srv_query_name
 from .errors import SettingsError
 
 __all__ = ["PoolSettings", "redact_dsn"]
@@ -43,6 +45,10 @@ _KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "validate_idle_after": (
         ("postgres_validate_idle_after",),
         ("POSTGRES_VALIDATE_IDLE_AFTER",),
+    ),
+    "leak_detection_threshold": (
+        ("postgres_leak_detection_threshold",),
+        ("POSTGRES_LEAK_DETECTION_THRESHOLD",),
     ),
     "enable_hstore": (("postgres_hstore",), ("POSTGRES_HSTORE",)),
     "enable_json": (("postgres_json",), ("POSTGRES_JSON",)),
@@ -152,6 +158,9 @@ class PoolSettings:
     :param cancel_timeout: bound on a server-side cancel request (default 5 s).
     :param validate_idle_after: a connection idle at least this long is checked with a
         bounded ``SELECT 1`` before it is handed out; 0 checks every time (default 1 s).
+    :param leak_detection_threshold: a connection held longer than this logs one warning
+        naming its holder (metric name or call site) and counts ``leaks_detected``;
+        0 turns detection off (default 0, as in HikariCP).
     :param enable_hstore: register the hstore adapter (needs the extension; default False).
     :param enable_json: register aiopg's json adapter (default False).
     :param enable_uuid: register the uuid adapter (default True).
@@ -171,6 +180,7 @@ class PoolSettings:
     max_waiting: int = 0
     cancel_timeout: float = 5.0
     validate_idle_after: float = 1.0
+    leak_detection_threshold: float = 0.0
     enable_hstore: bool = False
     enable_json: bool = False
     enable_uuid: bool = True
@@ -217,10 +227,10 @@ class PoolSettings:
             value = getattr(self, name)
             if value <= 0:
                 raise SettingsError(f"{name}: must be > 0 seconds, got {value}")
-        if self.validate_idle_after < 0:
-            raise SettingsError(
-                f"validate_idle_after: must be >= 0 seconds, got {self.validate_idle_after}"
-            )
+        for name in ("validate_idle_after", "leak_detection_threshold"):
+            value = getattr(self, name)
+            if value < 0:
+                raise SettingsError(f"{name}: must be >= 0 seconds, got {value}")
         if self.url:
             _validate_url(self.url)
 
@@ -291,10 +301,17 @@ def _coerce(name: str, source: str, value: Any) -> Any:
 def _validate_url(url: str) -> None:
     if "://" in url:
         scheme = url.split("://", 1)[0].lower()
-        if scheme not in ("postgresql", "postgres"):
+        if scheme.endswith("+srv"):
+            srv_query_name(url)  # raises SettingsError for unsupported schemes and shapes
+            if importlib.util.find_spec("aiodns") is None:
+                raise SettingsError(
+                    f"url: {scheme}:// needs the 'srv' extra (pip install 'pgpool[srv]')"
+                )
+            url = "postgresql://" + url.split("://", 1)[1]
+        elif scheme not in ("postgresql", "postgres"):
             raise SettingsError(
                 f"url: unsupported scheme {scheme!r} in {redact_dsn(url)!r}; "
-                "expected postgresql:// or postgres://"
+                "expected postgresql://, postgres:// or a +srv variant"
             )
     try:
         info = psycopg2.extensions.parse_dsn(url)

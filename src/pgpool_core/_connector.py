@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Sequence
-from typing import Any, Protocol
+import inspect
+import ipaddress
+import random
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias
 
 import aiopg
 import psycopg2
 import psycopg2.extensions
 
+from ._config import _validate_url
 from ._result import QueryResult
+from ._srv import SrvResolver, is_srv_url, srv_query_name, srv_to_url
+from .errors import ConfigurationError, SettingsError
 
-__all__ = ["AiopgConnector", "Connector", "DriverConnection", "TxStatus"]
+__all__ = ["AiopgConnector", "Connector", "DriverConnection", "TxStatus", "UrlSource"]
 
 
 class TxStatus(enum.IntEnum):
@@ -153,37 +161,157 @@ class AiopgConnection:
         self._conn.close()
 
 
+UrlSource: TypeAlias = "str | Callable[[], str | Awaitable[str]]"
+"""A URL or password, or a callable (sync or async) evaluated at every connect."""
+
+# Messages libpq gives when the server answered but refused the configuration; libpq has
+# no SQLSTATE for connect failures, so the (English) text is all there is.
+_CONFIG_ERRORS = (
+    "password authentication failed",
+    "authentication failed",
+    "no password supplied",
+    "no pg_hba.conf entry",
+    "does not exist",  # role / database
+    "could not translate host name",
+    "name or service not known",
+    "could not resolve",
+    "invalid connection option",
+    "invalid sslmode",
+    "invalid target_session_attrs",
+)
+# Errors after which libpq itself would not try the next host either.
+_STOP_TRYING = ("password authentication failed", "no pg_hba.conf entry", "does not exist")
+
+
+@dataclass(frozen=True)
+class _Target:
+    host: str | None
+    port: str | None
+    hostaddr: str | None = None
+
+    def __str__(self) -> str:
+        host = self.host or "local socket"
+        return f"{host}:{self.port}" if self.port else host
+
+
 class AiopgConnector:
-    """Opens aiopg connections with the pool's adapters registered."""
+    """Opens aiopg connections with the pool's adapters registered.
+
+    Each connect evaluates ``url`` and ``password`` if they are callables (credential
+    rotation), resolves SRV URLs, resolves host names off the event loop, and tries the
+    hosts of a multi-host URL one by one, each bounded by ``timeout`` (libpq's async
+    connect has no per-host deadline of its own). ``target_session_attrs`` is checked by
+    libpq on each host; ``prefer-standby`` takes a second pass accepting any server.
+    """
 
     def __init__(
         self,
-        dsn: str,
+        url: UrlSource,
         *,
+        password: UrlSource | None = None,
         enable_hstore: bool = False,
         enable_json: bool = False,
         enable_uuid: bool = True,
         application_name: str | None = None,
         statement_timeout: float = 120.0,
+        srv_resolver: SrvResolver | None = None,
     ) -> None:
-        self._dsn = dsn
+        self._url = url
+        self._password = password
+        self._application_name = application_name
+        self._srv_resolver = srv_resolver
         self._kwargs: dict[str, Any] = {
             "enable_hstore": enable_hstore,
             "enable_json": enable_json,
             "enable_uuid": enable_uuid,
         }
-        if application_name and "application_name" not in psycopg2.extensions.parse_dsn(dsn):
-            self._kwargs["application_name"] = application_name
         # aiopg's own per-statement bound, only used by code that drives the aiopg
         # connection directly (PoolManager.connection()); the pool's path never uses it.
         self._statement_timeout = statement_timeout
+        #: The URL of the latest connect (after callables and SRV), for naming and redaction.
+        self.last_url: str | None = url if isinstance(url, str) else None
+        self._secrets: set[str] = set()
+
+    def redact(self, text: str) -> str:
+        """``text`` without any password this connector has used."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     async def connect(self, timeout: float) -> AiopgConnection:
+        """Open one connection, each host attempt bounded by ``timeout`` seconds.
+
+        :raises ConfigurationError: the server refused the configuration (authentication,
+            unknown role or database, unknown host, bad URL, no SRV records).
+        :raises psycopg2.OperationalError: no host could be reached (message redacted).
+        :raises asyncio.TimeoutError: a single-host connect ran out of time.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        dsn, kwargs = await self._evaluate(deadline)
+        info = psycopg2.extensions.parse_dsn(dsn)
+        targets = await _resolve_targets(_targets(info), deadline)
+        attrs = info.get("target_session_attrs")
+        passes: list[str | None] = ["standby", "any"] if attrs == "prefer-standby" else [attrs]
+        if info.get("load_balance_hosts") == "random":
+            random.shuffle(targets)
+        failures: list[str] = []
+        for wanted in passes:
+            for target in targets:
+                attempt = dict(kwargs)
+                if len(targets) > 1 or target.hostaddr is not None:
+                    attempt.update(host=target.host, port=target.port, hostaddr=target.hostaddr)
+                    attempt = {k: v for k, v in attempt.items() if v is not None}
+                if wanted is not None:
+                    attempt["target_session_attrs"] = wanted
+                try:
+                    return await self._connect_once(dsn, attempt, timeout)
+                except (psycopg2.Error, OSError, asyncio.TimeoutError) as exc:
+                    message = self.redact(_first_line(exc))
+                    if len(targets) == 1 and len(passes) == 1:
+                        raise _typed(exc, message) from None
+                    failures.append(f"{target}: {message}")
+                    if any(marker in message for marker in _STOP_TRYING):
+                        raise ConfigurationError("; ".join(failures)) from None
+        raise psycopg2.OperationalError("; ".join(failures))
+
+    async def _evaluate(self, deadline: float) -> tuple[str, dict[str, Any]]:
+        """The DSN and keyword arguments for this connect (callables evaluated, SRV resolved)."""
+        loop = asyncio.get_running_loop()
+        try:
+            url = await _evaluate(self._url, deadline - loop.time())
+            _validate_url(url)
+            if is_srv_url(url):
+                resolver = self._srv_resolver or SrvResolver()
+                name = srv_query_name(url)
+                records = await asyncio.wait_for(
+                    resolver.resolve(name), max(deadline - loop.time(), 0)
+                )
+                url = srv_to_url(url, records)
+            kwargs = dict(self._kwargs)
+            info = psycopg2.extensions.parse_dsn(url)
+            if self._password is not None:
+                kwargs["password"] = await _evaluate(self._password, deadline - loop.time())
+                self._secrets.add(kwargs["password"])
+            if info.get("password"):
+                self._secrets.add(info["password"])
+            if self._application_name and "application_name" not in info:
+                kwargs["application_name"] = self._application_name
+        except SettingsError as exc:
+            raise ConfigurationError(self.redact(str(exc))) from None
+        self.last_url = url
+        return url, kwargs
+
+    async def _connect_once(
+        self, dsn: str, kwargs: dict[str, Any], timeout: float
+    ) -> AiopgConnection:
         # The connect runs as its own task and is never awaited through wait_for: on
         # Python < 3.12 a cancellation landing as the connect completes is swallowed by
         # aiopg's inner wait_for, the task succeeds anyway, and wait_for would drop the
         # open connection. Here a late connection is closed by a done-callback instead.
-        task = asyncio.get_running_loop().create_task(self._open(), name="pgpool-aiopg-connect")
+        task = asyncio.get_running_loop().create_task(
+            self._open(dsn, kwargs), name="pgpool-aiopg-connect"
+        )
         try:
             done, _ = await asyncio.wait((task,), timeout=timeout)
         except asyncio.CancelledError:
@@ -194,10 +322,97 @@ class AiopgConnector:
             raise asyncio.TimeoutError(f"connect timed out after {timeout:.3f} s")
         return AiopgConnection(task.result())
 
-    async def _open(self) -> aiopg.Connection:
+    async def _open(self, dsn: str, kwargs: dict[str, Any]) -> aiopg.Connection:
         # aiopg.connect() returns a "coroutine" whose send() is forwarded to the connection
         # object; asyncio can only schedule it from inside a real coroutine.
-        return await aiopg.connect(self._dsn, timeout=self._statement_timeout, **self._kwargs)
+        return await aiopg.connect(dsn, timeout=self._statement_timeout, **kwargs)
+
+
+async def _evaluate(source: UrlSource, timeout: float) -> str:
+    if isinstance(source, str):
+        return source
+    value = source()
+    if inspect.isawaitable(value):
+        value = await asyncio.wait_for(_awaited(value), max(timeout, 0))
+    if not isinstance(value, str):
+        raise SettingsError(f"url/password callable returned {type(value).__name__}, not str")
+    return value
+
+
+async def _awaited(value: Awaitable[str]) -> str:
+    return await value
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if isinstance(exc, asyncio.TimeoutError) and not text:
+        return "timed out"
+    return " ".join(line.strip() for line in text.splitlines()) or type(exc).__name__
+
+
+def _typed(exc: BaseException, message: str) -> BaseException:
+    """The error to raise for a failed connect: configuration errors get their own type."""
+    if any(marker in message for marker in _CONFIG_ERRORS):
+        return ConfigurationError(message)
+    if isinstance(exc, asyncio.TimeoutError):
+        return asyncio.TimeoutError(message)
+    return psycopg2.OperationalError(message)
+
+
+def _targets(info: dict[str, str]) -> list[_Target]:
+    """The hosts of a (multi-host) DSN with their ports, as libpq pairs them."""
+    hosts = info.get("host", "").split(",") if info.get("host") else [None]
+    addrs = info.get("hostaddr", "").split(",") if info.get("hostaddr") else []
+    ports = info.get("port", "").split(",") if info.get("port") else []
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    targets = []
+    for index, host in enumerate(hosts):
+        port = ports[index] if index < len(ports) and ports[index] else None
+        addr = addrs[index] if index < len(addrs) and addrs[index] else None
+        targets.append(_Target(host or None, port, addr))
+    return targets
+
+
+async def _resolve_targets(targets: list[_Target], deadline: float) -> list[_Target]:
+    """Resolve host names off the event loop (libpq would block it); one target per address.
+
+    Unix socket directories and IP literals pass through; a name that does not resolve is
+    dropped unless nothing resolves, which raises :class:`ConfigurationError`.
+    """
+    loop = asyncio.get_running_loop()
+    resolved: list[_Target] = []
+    failures: list[str] = []
+    for target in targets:
+        host = target.host
+        if target.hostaddr or not host or host.startswith("/") or _is_ip(host):
+            resolved.append(target)
+            continue
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, target.port or 5432, type=socket.SOCK_STREAM),
+                max(deadline - loop.time(), 0),
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            failures.append(f'could not translate host name "{host}" to address: {exc}')
+            continue
+        seen: set[str] = set()
+        for *_, sockaddr in infos:
+            addr = str(sockaddr[0])
+            if addr not in seen:
+                seen.add(addr)
+                resolved.append(_Target(host, target.port, addr))
+    if not resolved:
+        raise ConfigurationError("; ".join(failures))
+    return resolved
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _abandon(task: asyncio.Task[aiopg.Connection]) -> None:

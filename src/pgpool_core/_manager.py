@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
 import logging
+import os
 import random
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -24,11 +26,13 @@ import psycopg2
 import psycopg2.extensions
 
 from ._config import PoolSettings, _redact_text, redact_dsn
-from ._connector import AiopgConnector, Connector, DriverConnection, TxStatus
+from ._connector import AiopgConnector, Connector, DriverConnection, TxStatus, UrlSource
 from ._result import QueryResult
+from ._retry import RetryPolicy
 from ._state import PoolState, transition
 from ._timers import DeadlineTimer
 from .errors import (
+    ConfigurationError,
     PoolClosedError,
     PoolError,
     PoolTimeoutError,
@@ -57,7 +61,19 @@ _COUNTERS = (
     "connections_errors",
     "connections_lost",
     "query_timeouts",
+    "leaks_detected",
+    "failovers",
 )
+
+# Frames from these directories are the pool's own, never a "holder" of a connection.
+_INTERNAL_DIRS = (
+    os.path.dirname(__file__),
+    os.path.dirname(contextlib.__file__),
+)
+#: SQLSTATE of a write on a read-only server: after a failover the pool talks to a standby.
+READ_ONLY_SQL_TRANSACTION = "25006"
+#: At most one failover drain per this many seconds.
+FAILOVER_DRAIN_INTERVAL = 1.0
 
 #: How recent a real success must be for status() to skip its own round trip.
 RECENT_SUCCESS = 1.0
@@ -74,6 +90,8 @@ class _Slot:
     # The future the caller awaits for the running statement (failed by the deadline timer).
     waiting: asyncio.Future[None] | None = None
     acquired_at: float = 0.0
+    # Bumped on failover: connections of an older generation are not reused.
+    generation: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,18 +135,24 @@ class PoolManager:
 
     def __init__(
         self,
-        url: str | None = None,
+        url: UrlSource | None = None,
         *,
         settings: PoolSettings | None = None,
+        password: UrlSource | None = None,
         connector: Connector | None = None,
         name: str | None = None,
+        retry: RetryPolicy | None = None,
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         jitter: Callable[[], float] | None = None,
         **options: Any,
     ) -> None:
         given: dict[str, Any] = dict(options)
-        if url is not None:
+        # A callable URL (credential rotation) is evaluated at each connect.
+        self._url_source: UrlSource | None = None
+        if callable(url):
+            self._url_source = url
+        elif url is not None:
             given["url"] = url
         if settings is None:
             settings = PoolSettings(**given)
@@ -136,7 +160,11 @@ class PoolManager:
             settings = dataclasses.replace(settings, **given)
         self.settings = settings
         self.name = name or _pool_name(settings.url)
+        self._named = name is not None or bool(settings.url)
         self._connector = connector
+        self._password = password
+        self._retry = retry or RetryPolicy()
+        self._rand = random.random
         # Injected clock for tests; asyncio's own loop.time() is time.monotonic().
         self._now: Callable[[], float] = clock or time.monotonic
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -149,6 +177,10 @@ class PoolManager:
         self._state = PoolState.NEW
         self._idle: collections.deque[_Slot] = collections.deque()
         self._waiters: collections.deque[asyncio.Future[_Slot]] = collections.deque()
+        # Arrival number of each waiter: a failed connect fails only the waiters that
+        # arrived before it started, never one that came after (and may see it succeed).
+        self._waiter_seq: dict[asyncio.Future[_Slot], int] = {}
+        self._arrivals = 0
         self._size = 0  # open + opening connections
         self._connecting = 0
         # Busy connections already on their way back (settling a cancel, rolling back):
@@ -158,7 +190,12 @@ class PoolManager:
         self._drained: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._down_since: float | None = None
+        self._generation = 0
+        self._last_drain = float("-inf")
+        self._leak_deadlines: DeadlineTimer | None = None
+        self._cancel_threads = 0
         self._counters = dict.fromkeys(_COUNTERS, 0)
         self._last_success = float("-inf")
         self._healthy = False
@@ -178,22 +215,31 @@ class PoolManager:
     def state(self) -> PoolState:
         return self._state
 
-    async def start(self) -> None:
+    async def start(self, *, wait: bool = False, timeout: float | None = None) -> None:
         """Open the pool. Idempotent. ``min_size`` connections open in the background.
+
+        Lazy by default: starting succeeds while the database is down, and the pool
+        connects when it can. ``wait=True`` fails fast instead: it waits (up to
+        ``timeout``, default ``connect_timeout``) for a working connection, and on failure
+        stops the pool and raises.
 
         :raises SettingsError: no URL configured.
         :raises PoolClosedError: the pool was stopped (pools never reopen).
+        :raises ConfigurationError: (``wait=True``) authentication failed, unknown
+            database or host, bad URL.
+        :raises PoolUnavailableError: (``wait=True``) the database could not be reached.
         """
-        if self._state is PoolState.OPEN:
+        if self._state in (PoolState.OPEN, PoolState.RECONNECTING):
             return
         if self._state is not PoolState.NEW:
             raise PoolClosedError(f"pool {self.name} is {self._state.value}; pools do not reopen")
-        if not self.settings.url and self._connector is None:
+        if not self.settings.url and self._connector is None and self._url_source is None:
             raise SettingsError("url: no PostgreSQL URL configured (postgres_url / POSTGRES_URL)")
         if self._connector is None:
             s = self.settings
             self._connector = AiopgConnector(
-                s.url,
+                self._url_source or s.url,
+                password=self._password,
                 enable_hstore=s.enable_hstore,
                 enable_json=s.enable_json,
                 enable_uuid=s.enable_uuid,
@@ -204,15 +250,40 @@ class PoolManager:
         self._loop = asyncio.get_running_loop()
         self._wait_deadlines = DeadlineTimer(self._loop, self._now, self._expire_waiter)
         self._run_deadlines = DeadlineTimer(self._loop, self._now, _expire_run)
+        if self.settings.leak_detection_threshold > 0:
+            self._leak_deadlines = DeadlineTimer(self._loop, self._now, self._report_leak)
         self._closed_event = asyncio.Event()
         self._drained = asyncio.Event()
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=2, thread_name_prefix=f"pgpool-cancel-{self.name}"
-        )
         self._grow()
         self._maintenance = asyncio.get_running_loop().create_task(
             self._maintain_forever(), name=f"pgpool-maintenance-{self.name}"
         )
+        if wait:
+            try:
+                await self.wait_ready(timeout)
+            except BaseException:
+                await self.stop(0)
+                raise
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until a connection works (one is checked out and returned).
+
+        Fails fast: while the database is down this raises after the first failed
+        connect attempt rather than waiting out ``timeout`` (default ``connect_timeout``).
+
+        :raises ConfigurationError: the server refused the configuration (authentication,
+            unknown database or host...).
+        :raises PoolUnavailableError: the database could not be reached.
+        """
+        bound = self.settings.connect_timeout if timeout is None else timeout
+        try:
+            async with self._checkout(bound):
+                pass
+        except PoolTimeoutError:
+            raise PoolUnavailableError(
+                f"pool {self.name}: no connection within {bound:.3f} s"
+                f" (last error: {self._last_error or 'none'})"
+            ) from None
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Refuse new work at once, let work in flight finish until ``timeout``, then close.
@@ -254,15 +325,15 @@ class PoolManager:
                 self._spawn(self._settle(slot, returning=False, discard=True), "settle")
         tasks = [t for t in self._tasks if not t.done()]
         for task in tasks:
-            if task.get_name().startswith("pgpool-connect"):
+            if task.get_name().startswith(("pgpool-connect", "pgpool-reconnect")):
                 task.cancel()
         if self._maintenance is not None:
             tasks.append(self._maintenance)
         if tasks:
-            await asyncio.wait(tasks, timeout=self.settings.cancel_timeout + 0.5)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-        for timers in (self._wait_deadlines, self._run_deadlines):
+            # Settles are bounded by cancel_timeout; never wait past the caller's deadline
+            # by more than that.
+            await asyncio.wait(tasks, timeout=min(self.settings.cancel_timeout, 1.0))
+        for timers in (self._wait_deadlines, self._run_deadlines, self._leak_deadlines):
             if timers is not None:
                 timers.close()
         self._state = transition(self._state, PoolState.CLOSED)
@@ -288,8 +359,16 @@ class PoolManager:
         return task
 
     def _grow(self) -> None:
-        """Start connects for unmet demand: waiters not covered by connects, or below min."""
-        if self._state is not PoolState.OPEN:
+        """Start connects for unmet demand: waiters not covered by connects, or below min.
+
+        While reconnecting only the single reconnect task connects.
+        """
+        state = self._state
+        if state is PoolState.RECONNECTING:
+            if self._reconnect_task is None or self._reconnect_task.done():
+                self._reconnect_task = self._spawn(self._reconnect(), "reconnect")
+            return
+        if state is not PoolState.OPEN:
             return
         max_size = self.settings.max_size
         while self._size < max_size and (
@@ -298,9 +377,30 @@ class PoolManager:
         ):
             self._size += 1
             self._connecting += 1
-            self._spawn(self._connect_one(), "connect")
+            self._spawn(self._connect_one(self._arrivals), "connect")
 
-    async def _connect_one(self) -> None:
+    async def _reconnect(self) -> None:
+        """Single-flight: retry with capped, jittered backoff until a connect succeeds or
+        the pool stops. Never gives up, so the pool never latches down."""
+        attempt = 0
+        while self._is_reconnecting():
+            await self._sleep(self._retry.next_delay(attempt, self._rand))
+            attempt += 1
+            if not self._is_reconnecting():  # recovered by another connect, or stopping
+                return
+            if self._size >= self.settings.max_size:
+                continue  # every slot is a live connection: nothing to open
+            self._size += 1
+            self._connecting += 1
+            if await self._connect_one(self._arrivals):
+                return
+
+    def _is_reconnecting(self) -> bool:
+        return self._state is PoolState.RECONNECTING
+
+    async def _connect_one(self, cutoff: int) -> bool:
+        """One connect (``_size`` and ``_connecting`` already count it); the connection
+        goes to the oldest waiter or the idle list. ``cutoff``: arrivals before it."""
         assert self._connector is not None
         started = self._now()
         try:
@@ -310,29 +410,67 @@ class PoolManager:
             self._connecting -= 1
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            self._counters["connections_errors"] += 1
-            self._healthy = False
-            self._last_error = _describe(exc, self.settings.url)
-            LOGGER.warning("pool %s: connect failed: %s", self.name, self._last_error)
-            # Fail the oldest waiter now rather than let it sit out its whole timeout
-            # against a database that just refused us.
-            waiter = self._pop_waiter()
-            if waiter is not None:
-                waiter.set_exception(
-                    PoolUnavailableError(f"cannot connect to {self.name}: {self._last_error}")
-                )
-            return
+            self._connect_failed(exc, cutoff)
+            return False
         self._connecting -= 1
         now = self._now()
         self._counters["connections_num"] += 1
         self._counters["connections_ms"] += int((now - started) * 1000)
         self._mark_success(now)
+        if not self._named:
+            last_url = getattr(self._connector, "last_url", None)
+            if last_url:
+                self.name, self._named = _pool_name(last_url), True
+        recovered = self._state is PoolState.RECONNECTING
+        if recovered:
+            self._state = transition(self._state, PoolState.OPEN)
+            down = now - (self._down_since or now)
+            self._down_since = None
+            LOGGER.info("pool %s: reconnected after %.3f s", self.name, down)
         if self._state is not PoolState.OPEN:
             conn.close()
             self._size -= 1
-            return
-        slot = _Slot(conn, now, now + self.settings.max_lifetime * self._jitter(), now)
-        self._hand_off(slot)
+            return True
+        expires = now + self.settings.max_lifetime * self._jitter()
+        self._hand_off(_Slot(conn, now, expires, now, generation=self._generation))
+        if recovered:
+            self._grow()  # the rest of the demand, in parallel again
+        return True
+
+    def _connect_failed(self, exc: BaseException, cutoff: int) -> None:
+        self._counters["connections_errors"] += 1
+        self._healthy = False
+        self._last_error = self._describe(exc)
+        error_type = (
+            ConfigurationError if isinstance(exc, ConfigurationError) else PoolUnavailableError
+        )
+        if self._state is PoolState.OPEN:
+            self._state = transition(self._state, PoolState.RECONNECTING)
+            self._down_since = self._now()
+            LOGGER.warning(
+                "pool %s: cannot connect (%s); failing requests fast while reconnecting",
+                self.name,
+                self._last_error,
+            )
+        else:
+            LOGGER.debug("pool %s: connect failed: %s", self.name, self._last_error)
+        # Fail the waiters that arrived before this attempt started, now, rather than let
+        # them sit out their timeouts against a database that just refused us.
+        message = f"cannot connect to {self.name}: {self._last_error}"
+        while self._waiters:
+            waiter = self._waiters[0]
+            if not waiter.done():
+                if self._waiter_seq.get(waiter, cutoff) >= cutoff:
+                    break
+                self._counters["requests_errors"] += 1
+                waiter.set_exception(error_type(message))
+            self._waiters.popleft()
+        self._grow()
+
+    def _describe(self, exc: BaseException) -> str:
+        text = _describe(exc, self.settings.url)
+        redact = getattr(self._connector, "redact", None)
+        return str(redact(text)) if redact is not None else text
 
     @property
     def _in_use(self) -> int:
@@ -352,6 +490,8 @@ class PoolManager:
 
     def _untake(self, slot: _Slot) -> None:
         self._busy_slots.discard(slot)
+        if self._leak_deadlines is not None:
+            self._leak_deadlines.discard(slot)
         if not self._busy_slots and self._drained is not None and self._state is PoolState.CLOSING:
             self._drained.set()
 
@@ -390,14 +530,37 @@ class PoolManager:
         """True while open and the latest real outcome (connect or query) was a success."""
         return self._state is PoolState.OPEN and self._healthy
 
+    def _drain_for_failover(self, slot: _Slot) -> None:
+        """A write hit a read-only server: retire every connection so the next ones find
+        the primary (libpq's ``target_session_attrs`` picks it among the hosts)."""
+        now = self._now()
+        if slot.generation != self._generation or now - self._last_drain < FAILOVER_DRAIN_INTERVAL:
+            return
+        self._last_drain = now
+        self._generation += 1
+        self._counters["failovers"] += 1
+        LOGGER.warning(
+            "pool %s: write on a read-only server (SQLSTATE 25006); reconnecting %d connection(s)",
+            self.name,
+            self._size - self._connecting,
+        )
+        idle, self._idle = self._idle, collections.deque()
+        for old in idle:
+            self._discard(old, bad=False)
+
     # -- acquire / release ------------------------------------------------------------------
 
     async def _acquire(self, deadline: float | None) -> _Slot:
-        if self._state is not PoolState.OPEN:
-            raise PoolClosedError(f"pool {self.name} is {self._state.value}")
+        state = self._state
+        if state is not PoolState.OPEN and state is not PoolState.RECONNECTING:
+            raise PoolClosedError(f"pool {self.name} is {state.value}")
         counters = self._counters
         counters["requests_num"] += 1
         now = self._now()
+        wait = self.settings.acquire_timeout
+        if deadline is not None and deadline - now < wait:
+            wait = max(deadline - now, 0.0)
+        wait_until = now + wait
         if not self._waiters:
             idle = self._idle
             while idle:
@@ -410,7 +573,7 @@ class PoolManager:
                     return slot
                 # Idle long enough that the server may have dropped it (restart,
                 # pg_terminate_backend, idle timeouts): prove it alive before handing out.
-                if await self._validate(slot):
+                if await self._validate(slot, wait_until):
                     return slot
                 now = self._now()
         max_waiting = self.settings.max_waiting
@@ -420,19 +583,18 @@ class PoolManager:
                 f"pool {self.name}: {len(self._waiters)} requests already waiting "
                 f"(max_waiting={max_waiting})"
             )
-        wait = self.settings.acquire_timeout
-        if deadline is not None and deadline - now < wait:
-            wait = max(deadline - now, 0.0)
         assert self._loop is not None
         assert self._wait_deadlines is not None
         waiter: asyncio.Future[_Slot] = self._loop.create_future()
         self._waiters.append(waiter)
+        self._waiter_seq[waiter] = self._arrivals
+        self._arrivals += 1
         counters["requests_queued"] += 1
         self._grow()
         # The deadline timer fails an expired waiter and takes it off the queue; hand-offs
         # pop waiters themselves, so the queue is never searched on the hot path.
         timers = self._wait_deadlines
-        timers.add(waiter, now + wait, wait)
+        timers.add(waiter, wait_until, wait)
         try:
             return await waiter
         except asyncio.CancelledError:
@@ -445,11 +607,20 @@ class PoolManager:
             raise
         finally:
             timers.discard(waiter)
+            del self._waiter_seq[waiter]
             counters["requests_wait_ms"] += int((self._now() - now) * 1000)
 
-    async def _validate(self, slot: _Slot) -> bool:
-        """A bounded ``SELECT 1`` on a checked-out slot; a dead one is dropped and counted."""
-        bound = min(self.settings.connect_timeout, self.settings.cancel_timeout)
+    async def _validate(self, slot: _Slot, wait_until: float) -> bool:
+        """A bounded ``SELECT 1`` on a checked-out slot; a dead one is dropped and counted.
+
+        Bounded by the caller's remaining wait too: a connection that cannot answer in
+        that time is no use to the caller, and is closed rather than trusted.
+        """
+        bound = min(
+            self.settings.connect_timeout,
+            self.settings.cancel_timeout,
+            max(wait_until - self._now(), 0.001),
+        )
         try:
             await self._run(slot, "SELECT 1", None, self._now() + bound, bound)
         except (psycopg2.Error, QueryTimeoutError):
@@ -468,6 +639,15 @@ class PoolManager:
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
         self._counters["requests_errors"] += 1
+        if self._state is PoolState.RECONNECTING:
+            # Not a busy pool: the database is unreachable (e.g. connects hang).
+            waiter.set_exception(
+                PoolUnavailableError(
+                    f"cannot connect to {self.name} within {wait:.3f} s: "
+                    f"{self._last_error or 'no connection yet'}"
+                )
+            )
+            return
         waiter.set_exception(
             PoolTimeoutError(
                 f"pool {self.name}: no connection free within {wait:.3f} s "
@@ -491,7 +671,7 @@ class PoolManager:
         status = conn.transaction_status()  # UNKNOWN once closed
         if (
             not bad
-            and self._state is PoolState.OPEN
+            and (self._state is PoolState.OPEN or self._state is PoolState.RECONNECTING)
             and status in (TxStatus.INTRANS, TxStatus.INERROR)
         ):
             # Left inside a transaction: roll back and reuse, off the caller's path.
@@ -504,11 +684,17 @@ class PoolManager:
 
     def _retire_or_reuse(self, slot: _Slot, *, bad: bool, status: TxStatus) -> None:
         conn = slot.conn
-        if bad or conn.closed or self._state is not PoolState.OPEN:
+        state = self._state
+        serving = state is PoolState.OPEN or state is PoolState.RECONNECTING
+        if bad or conn.closed or not serving:
             # Counted once, as returns_bad, when it came back broken from use.
             self._discard(slot, bad=bad or conn.closed)
             return
-        if status is not TxStatus.IDLE or slot.expires <= self._now():
+        if (
+            status is not TxStatus.IDLE
+            or slot.expires <= self._now()
+            or slot.generation != self._generation
+        ):
             self._discard(slot, bad=status is not TxStatus.IDLE)
             return
         self._hand_off(slot)
@@ -535,14 +721,11 @@ class PoolManager:
         """
         conn = slot.conn
         settled = not conn.is_busy()
-        if not settled:
-            assert self._loop is not None
+        if not settled and self._cancel_threads < self.settings.max_size + 2:
             bound = self.settings.cancel_timeout
             idle = conn.wait_until_idle()
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(
-                    self._loop.run_in_executor(self._executor, conn.cancel), bound
-                )
+                await asyncio.wait_for(self._cancel_in_thread(conn), bound)
                 await asyncio.wait((idle,), timeout=bound)
             if idle.done() and not idle.cancelled():
                 idle.exception()  # retrieved: the caller already got its error
@@ -552,6 +735,37 @@ class PoolManager:
         if returning:
             self._returning -= 1
         self._release(slot, bad=discard or not settled)
+
+    def _cancel_in_thread(self, conn: DriverConnection) -> asyncio.Future[None]:
+        """psycopg2's cancel() blocks (a connect plus a round trip) with no timeout of its
+        own, so it runs on a daemon thread: one stuck behind a black-holed network must
+        neither block the loop nor keep the interpreter from exiting. Callers bound the
+        wait; at most ``max_size + 2`` such threads run, past that the pool just closes."""
+        loop = self._loop
+        assert loop is not None
+        future: asyncio.Future[None] = loop.create_future()
+        self._cancel_threads += 1
+
+        def done(error: BaseException | None) -> None:
+            self._cancel_threads -= 1
+            if future.done():
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+        def run() -> None:
+            error: BaseException | None = None
+            try:
+                conn.cancel()
+            except BaseException as exc:  # handed to the loop
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+                loop.call_soon_threadsafe(done, error)
+
+        threading.Thread(target=run, name=f"pgpool-cancel-{self.name}", daemon=True).start()
+        return future
 
     # -- running statements -------------------------------------------------------------------
 
@@ -593,7 +807,9 @@ class PoolManager:
         except psycopg2.Error as error:
             if conn.closed:
                 self._healthy = False
-                self._last_error = _describe(error, self.settings.url)
+                self._last_error = self._describe(error)
+            elif error.pgcode == READ_ONLY_SQL_TRANSACTION:
+                self._drain_for_failover(slot)
             raise
         finally:
             timers.discard(slot)
@@ -601,7 +817,9 @@ class PoolManager:
         self._mark_success(self._now())
         return conn.result()
 
-    async def _acquire_for(self, timeout: float | None) -> tuple[_Slot, float, float]:
+    async def _acquire_for(
+        self, timeout: float | None, metric_name: str = ""
+    ) -> tuple[_Slot, float, float]:
         """Acquire for one call: (slot, statement deadline, total seconds quoted on expiry).
 
         With ``timeout`` it bounds the whole call, waiting included, from one clock
@@ -610,19 +828,41 @@ class PoolManager:
         if timeout is None:
             slot = await self._acquire(None)
             total = self.settings.query_timeout
-            return slot, self._now() + total, total
-        if timeout <= 0:
-            raise SettingsError(f"timeout: must be > 0 seconds, got {timeout!r}")
-        deadline = self._now() + timeout
-        return await self._acquire(deadline), deadline, timeout
+            deadline = self._now() + total
+        else:
+            if not timeout > 0:  # also NaN
+                raise SettingsError(f"timeout: must be > 0 seconds, got {timeout!r}")
+            deadline = self._now() + timeout
+            slot = await self._acquire(deadline)
+            total = timeout
+        if self._leak_deadlines is not None:
+            self._watch_for_leak(slot, metric_name)
+        return slot, deadline, total
+
+    def _watch_for_leak(self, slot: _Slot, metric_name: str) -> None:
+        assert self._leak_deadlines is not None
+        holder = f"metric {metric_name!r}" if metric_name else _call_site()
+        threshold = self.settings.leak_detection_threshold
+        self._leak_deadlines.add(slot, slot.acquired_at + threshold, holder)
+
+    def _report_leak(self, slot: _Slot, holder: str) -> None:
+        self._counters["leaks_detected"] += 1
+        LOGGER.warning(
+            "pool %s: connection held longer than %.3f s (leak_detection_threshold) by %s",
+            self.name,
+            self.settings.leak_detection_threshold,
+            holder,
+        )
 
     def _release_after(self, slot: _Slot, exc: BaseException) -> None:
         """Release after a failed call; a driver error on a dead connection discards it."""
         self._release(slot, bad=isinstance(exc, psycopg2.Error) and slot.conn.closed)
 
     @contextlib.asynccontextmanager
-    async def _checkout(self, timeout: float | None) -> AsyncIterator[tuple[_Slot, float, float]]:
-        slot, deadline, total = await self._acquire_for(timeout)
+    async def _checkout(
+        self, timeout: float | None, metric_name: str = ""
+    ) -> AsyncIterator[tuple[_Slot, float, float]]:
+        slot, deadline, total = await self._acquire_for(timeout, metric_name)
         try:
             yield slot, deadline, total
         except BaseException as exc:
@@ -641,19 +881,19 @@ class PoolManager:
         :raises QueryTimeoutError: the statement ran out of time (cancelled server-side).
         :raises psycopg2.Error: errors from the SQL itself, unwrapped.
         """
-        return await self._execute_once(sql, params, timeout, callproc=False)
+        return await self._execute_once(sql, params, timeout, metric_name, callproc=False)
 
     async def callproc(
         self, name: str, params: Any = None, *, metric_name: str = "", timeout: float | None = None
     ) -> QueryResult:
         """Call a stored function (``SELECT * FROM name(params)``); like :meth:`execute`."""
-        return await self._execute_once(name, params, timeout, callproc=True)
+        return await self._execute_once(name, params, timeout, metric_name, callproc=True)
 
     async def _execute_once(
-        self, sql: str, params: Any, timeout: float | None, *, callproc: bool
+        self, sql: str, params: Any, timeout: float | None, metric_name: str, *, callproc: bool
     ) -> QueryResult:
         # execute()/callproc() hot path: _checkout without its generator-based context.
-        slot, deadline, total = await self._acquire_for(timeout)
+        slot, deadline, total = await self._acquire_for(timeout, metric_name)
         try:
             result = await self._run(slot, sql, params, deadline, total, callproc=callproc)
         except BaseException as exc:
@@ -731,7 +971,7 @@ class PoolManager:
 
     async def _check_available(self) -> bool:
         if self._state is not PoolState.OPEN:
-            return False
+            return False  # reconnecting: known down, no probe needed
         if self._healthy and self._now() - self._last_success < RECENT_SUCCESS:
             return True
         if not self._idle and self._in_use:
@@ -752,14 +992,14 @@ class PoolManager:
         return min(max(min(s.max_lifetime, s.max_idle) / 10, 0.05), 30.0)
 
     async def _maintain_forever(self) -> None:
-        while self._state is PoolState.OPEN:
+        while self._state is PoolState.OPEN or self._state is PoolState.RECONNECTING:
             await self._sleep(self._maintenance_interval())
             self.run_maintenance()
 
     def run_maintenance(self) -> None:
         """One maintenance pass (the background task runs these): close expired connections
         and idle ones above ``min_size`` idle longer than ``max_idle``, refill to ``min_size``."""
-        if self._state is not PoolState.OPEN:
+        if self._state is not PoolState.OPEN and self._state is not PoolState.RECONNECTING:
             return
         now = self._now()
         keep: collections.deque[_Slot] = collections.deque()
@@ -865,6 +1105,17 @@ def _expire_run(slot: _Slot, _payload: object) -> None:
     waiting = slot.waiting
     if waiting is not None and not waiting.done():
         waiting.set_exception(_Expired())
+
+
+def _call_site() -> str:
+    """``file:line in function`` of the nearest caller outside pgpool (for leak reports)."""
+    frame: Any = sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
+        frame = frame.f_back
+    if frame is None:
+        return "unknown call site"
+    code = frame.f_code
+    return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
 
 
 def _describe(exc: BaseException, url: str) -> str:

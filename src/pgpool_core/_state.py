@@ -8,15 +8,23 @@ __all__ = ["PoolState", "transition"]
 
 
 class PoolState(enum.Enum):
+    """``NEW -> OPEN <-> RECONNECTING -> CLOSING -> CLOSED``; a pool never reopens.
+
+    RECONNECTING: a connect failed; one background task retries with backoff while
+    requests fail fast with :class:`~pgpool_core.PoolUnavailableError`.
+    """
+
     NEW = "new"
     OPEN = "open"
+    RECONNECTING = "reconnecting"
     CLOSING = "closing"
     CLOSED = "closed"
 
 
 _ALLOWED: dict[PoolState, frozenset[PoolState]] = {
     PoolState.NEW: frozenset({PoolState.OPEN, PoolState.CLOSED}),
-    PoolState.OPEN: frozenset({PoolState.CLOSING}),
+    PoolState.OPEN: frozenset({PoolState.RECONNECTING, PoolState.CLOSING}),
+    PoolState.RECONNECTING: frozenset({PoolState.OPEN, PoolState.CLOSING}),
     PoolState.CLOSING: frozenset({PoolState.CLOSED}),
     PoolState.CLOSED: frozenset(),
 }

@@ -6,6 +6,7 @@ import asyncio
 import sys
 
 __all__ = [
+    "ConfigurationError",
     "ConnectionException",
     "PoolClosedError",
     "PoolError",
@@ -27,6 +28,15 @@ class ConnectionException(PoolError):
 
 class PoolUnavailableError(ConnectionException):
     """The database could not be reached; ``__cause__`` holds the (redacted) connect error."""
+
+
+class ConfigurationError(PoolUnavailableError):
+    """The server refused the configured connection, or the configuration cannot work:
+    authentication failed, unknown role or database, unknown host, no SRV records.
+
+    Retrying will not help until the configuration (or the credentials) change; the pool
+    keeps retrying in the background anyway, so rotated credentials are picked up.
+    """
 
 
 if sys.version_info >= (3, 11):
