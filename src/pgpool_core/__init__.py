@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from ._classify import ErrorKind, classify, sqlstate
 from ._config import PoolSettings, redact_dsn
-from ._connector import AiopgConnector, Connector, DriverConnection, TxStatus
+from ._connector import AiopgConnector, Connector, DriverConnection, TxStatus, UrlSource
 from ._manager import OnDuration, OnError, PoolManager, PoolStatus, PostgresConnector
 from ._result import QueryResult
+from ._retry import RetryPolicy
+from ._srv import SrvRecord, SrvResolver
 from ._state import PoolState
 from .errors import (
+    ConfigurationError,
     ConnectionException,
     PoolClosedError,
     PoolError,
@@ -26,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AiopgConnector",
+    "ConfigurationError",
     "ConnectionException",
     "Connector",
     "DriverConnection",
@@ -43,9 +47,13 @@ __all__ = [
     "PostgresConnector",
     "QueryResult",
     "QueryTimeoutError",
+    "RetryPolicy",
     "SettingsError",
+    "SrvRecord",
+    "SrvResolver",
     "TooManyRequestsError",
     "TxStatus",
+    "UrlSource",
     "__version__",
     "classify",
     "redact_dsn",

@@ -60,33 +60,47 @@ _TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
 _FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
 
 _PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s]*)", re.IGNORECASE)
+_PASSWORD_QUERY = re.compile(r"(password=)[^&#\s]*", re.IGNORECASE)
 _MASK = "***"
 
 
 def redact_dsn(dsn: str) -> str:
     """Mask every password in a libpq URL or key=value DSN (userinfo, query, multi-host).
 
+    Conservative on malformed input: whatever libpq or a URL parser could read as a
+    password is masked.
+
     >>> redact_dsn("postgresql://app:s3cret@db:5432/main?sslmode=require")
     'postgresql://app:***@db:5432/main?sslmode=require'
     """
     if "://" not in dsn:
         return _PASSWORD_KV.sub(lambda m: m.group(1) + _MASK, dsn)
-    try:
-        parts = urllib.parse.urlsplit(dsn)
-    except ValueError:
-        return "<unparsable url>"
-    netloc = parts.netloc
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.split(':', 1)[0]}:{_MASK}@{hosts}"
-    query = parts.query
-    if query:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        query = "&".join(
-            f"{urllib.parse.quote(k)}={_MASK if k.lower() == 'password' else urllib.parse.quote(v)}"
-            for k, v in pairs
-        )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    scheme, rest = dsn.split("://", 1)
+    password = _userinfo_span(rest)
+    if password is not None:
+        start, end = password
+        rest = f"{rest[:start]}{_MASK}{rest[end:]}"
+    return _PASSWORD_QUERY.sub(lambda m: m.group(1) + _MASK, f"{scheme}://{rest}")
+
+
+def _userinfo_span(rest: str) -> tuple[int, int] | None:
+    """Where a password may sit in a URL after ``scheme://``: from the first ':' to the
+    last '@'. Deliberately wider than any one parser's reading (libpq looks for '@' up to
+    the first '/', URL parsers stop at '?' too), so malformed URLs never leak."""
+    at = rest.rfind("@")
+    colon = rest.find(":")
+    if at < 0 or colon < 0 or colon > at:
+        return None
+    return colon + 1, at
+
+
+def _userinfo_password(dsn: str) -> str | None:
+    """The password in a URL's userinfo, read as :func:`redact_dsn` masks it."""
+    rest = dsn.split("://", 1)[1]
+    span = _userinfo_span(rest)
+    if span is None or span[0] == span[1]:
+        return None
+    return rest[span[0] : span[1]]
 
 
 def _parse_bool(key: str, source: str, value: Any) -> bool:
@@ -310,30 +324,40 @@ def _validate_url(url: str) -> None:
             url = "postgresql://" + url.split("://", 1)[1]
         elif scheme not in ("postgresql", "postgres"):
             raise SettingsError(
-                f"url: unsupported scheme {scheme!r} in {redact_dsn(url)!r}; "
+                f"url: unsupported scheme {scheme!r}; "
                 "expected postgresql://, postgres:// or a +srv variant"
             )
     try:
         info = psycopg2.extensions.parse_dsn(url)
-    except psycopg2.ProgrammingError as exc:
+    except (psycopg2.ProgrammingError, UnicodeDecodeError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
         shown, why = redact_dsn(url), _redact_text(reason, url)
         raise SettingsError(f"url: {shown!r} is not a valid libpq URL or DSN ({why})") from None
     for port in filter(None, info.get("port", "").split(",")):
         if not port.isdigit() or not 0 < int(port) < 65536:
-            raise SettingsError(f"url: invalid port {port!r} in {redact_dsn(url)!r}")
+            shown_port = _redact_text(repr(port), url)
+            raise SettingsError(f"url: invalid port {shown_port} in {redact_dsn(url)!r}")
 
 
 def _redact_text(text: str, dsn: str) -> str:
     """Remove any password of ``dsn`` that a driver message may quote."""
+    passwords: set[str] = set()
     try:
         password = psycopg2.extensions.parse_dsn(dsn).get("password")
-    except psycopg2.ProgrammingError:
+    except (psycopg2.ProgrammingError, UnicodeDecodeError):
         password = None
-        if "://" in dsn:
-            userinfo = urllib.parse.urlsplit(dsn).netloc.rpartition("@")[0]
-            if ":" in userinfo:
-                password = urllib.parse.unquote(userinfo.split(":", 1)[1])
     if password:
-        text = text.replace(password, _MASK)
+        passwords.add(password)
+    if "://" in dsn:
+        found = _userinfo_password(dsn)
+        if found:
+            # Every reading a parser might make of it: percent-decoded, cut at an '@',
+            # or starting after any further ':' (an empty or odd user name).
+            readings = {found, found.split("@")[0]}
+            readings.update(found[i + 1 :] for i, c in enumerate(found) if c == ":")
+            passwords.update(readings | {urllib.parse.unquote(r) for r in readings})
+        for match in _PASSWORD_QUERY.finditer(dsn):
+            passwords.add(urllib.parse.unquote(match.group(0).split("=", 1)[1]))
+    for secret in sorted(filter(None, passwords), key=len, reverse=True):
+        text = text.replace(secret, _MASK)
     return text

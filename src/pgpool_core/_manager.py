@@ -25,6 +25,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
+from ._classify import sqlstate
 from ._config import PoolSettings, _redact_text, redact_dsn
 from ._connector import AiopgConnector, Connector, DriverConnection, TxStatus, UrlSource
 from ._result import QueryResult
@@ -254,7 +255,10 @@ class PoolManager:
             self._leak_deadlines = DeadlineTimer(self._loop, self._now, self._report_leak)
         self._closed_event = asyncio.Event()
         self._drained = asyncio.Event()
-        self._grow()
+        if not wait:
+            # With wait, wait_ready's request starts the first connects itself, so their
+            # failure is its failure (see _connect_failed).
+            self._grow()
         self._maintenance = asyncio.get_running_loop().create_task(
             self._maintain_forever(), name=f"pgpool-maintenance-{self.name}"
         )
@@ -808,7 +812,7 @@ class PoolManager:
             if conn.closed:
                 self._healthy = False
                 self._last_error = self._describe(error)
-            elif error.pgcode == READ_ONLY_SQL_TRANSACTION:
+            elif sqlstate(error) == READ_ONLY_SQL_TRANSACTION:
                 self._drain_for_failover(slot)
             raise
         finally:
