@@ -9,10 +9,16 @@ deadline, so it can send a server-side cancel and keep the connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import enum
+import functools
 import inspect
 import ipaddress
+import os
 import random
+import select
 import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -61,6 +67,10 @@ class DriverConnection(Protocol):
     def is_busy(self) -> bool:
         """Whether a sent statement is still running on the server."""
 
+    def has_pending_input(self) -> bool:
+        """Whether the server sent something while the connection sat idle (an error such
+        as a terminated backend, a notice, a notification): it must be checked before use."""
+
     def wait_until_idle(self) -> asyncio.Future[None]:
         """A future that completes when the running statement ends (at once if none)."""
 
@@ -69,6 +79,10 @@ class DriverConnection(Protocol):
 
     def cancel(self) -> None:
         """Ask the server to cancel the running statement. Blocking: run off the loop."""
+
+    def prepare_cancel(self) -> Callable[[], None]:
+        """On the loop: capture what a cancel needs; the returned callable sends it
+        (blocking, run it off the loop) and stays safe if the connection closes meanwhile."""
 
     def transaction_status(self) -> TxStatus: ...
 
@@ -85,11 +99,15 @@ class Connector(Protocol):
 class AiopgConnection:
     """A :class:`DriverConnection` over an aiopg connection and one reused psycopg2 cursor."""
 
-    __slots__ = ("_conn", "_cursor", "_raw")
+    __slots__ = ("_conn", "_cursor", "_poller", "_raw")
 
     def __init__(self, conn: aiopg.Connection) -> None:
         self._conn = conn
         self._raw = conn.raw
+        # Readability of the idle socket, without a round trip or the loop's help: a
+        # backend terminated a moment ago has its FATAL message waiting there.
+        self._poller = select.poll()
+        self._poller.register(self._raw.fileno(), select.POLLIN)
         # One cursor per connection: psycopg2 async cursors can run statement after statement.
         self._cursor = self._raw.cursor()
 
@@ -131,6 +149,9 @@ class AiopgConnection:
     def is_busy(self) -> bool:
         return not self._conn.closed and bool(self._raw.isexecuting())
 
+    def has_pending_input(self) -> bool:
+        return not self._conn.closed and bool(self._poller.poll(0))
+
     def wait_until_idle(self) -> asyncio.Future[None]:
         conn = self._conn
         waiter: asyncio.Future[None] = conn._loop.create_future()
@@ -150,7 +171,29 @@ class AiopgConnection:
         return QueryResult.from_cursor(names, cursor.fetchall(), cursor.rowcount)
 
     def cancel(self) -> None:
-        self._raw.cancel()
+        self.prepare_cancel()()
+
+    def prepare_cancel(self) -> Callable[[], None]:
+        # psycopg2's cancel() calls libpq's PQcancel without releasing the GIL: behind a
+        # black-holed network it would freeze every thread, the event loop included. The
+        # same libpq called through ctypes releases the GIL for the call.
+        lib = _libpq()
+        if lib is None:  # pragma: no cover - libpq not found in the process
+            return self._raw.cancel  # type: ignore[no-any-return]
+        handle = lib.PQgetCancel(self._raw.pgconn_ptr)  # a copy: outlives the connection
+        if not handle:  # pragma: no cover - closed under us
+            raise psycopg2.OperationalError("cannot cancel: connection has no cancel handle")
+
+        def send() -> None:
+            errbuf = ctypes.create_string_buffer(256)
+            try:
+                if not lib.PQcancel(handle, errbuf, len(errbuf)):
+                    message = errbuf.value.decode(errors="replace").strip()
+                    raise psycopg2.OperationalError(f"cancel request failed: {message}")
+            finally:
+                lib.PQfreeCancel(handle)
+
+        return send
 
     def transaction_status(self) -> TxStatus:
         if self._conn.closed:
@@ -413,6 +456,33 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@functools.cache
+def _libpq() -> ctypes.CDLL | None:
+    """The libpq psycopg2 itself loaded (found in the process map), else the system one."""
+    path: str | None = None
+    with contextlib.suppress(OSError), open("/proc/self/maps", encoding="utf-8") as maps:
+        for line in maps:
+            fields = line.split()
+            name = os.path.basename(fields[-1]) if len(fields) >= 6 else ""
+            if name.startswith("libpq") and ".so" in name:
+                path = fields[-1]
+                break
+    path = path or ctypes.util.find_library("pq")
+    if path is None:  # pragma: no cover
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+    except OSError:  # pragma: no cover
+        return None
+    lib.PQgetCancel.argtypes = [ctypes.c_void_p]
+    lib.PQgetCancel.restype = ctypes.c_void_p
+    lib.PQcancel.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int]
+    lib.PQcancel.restype = ctypes.c_int
+    lib.PQfreeCancel.argtypes = [ctypes.c_void_p]
+    lib.PQfreeCancel.restype = None
+    return lib
 
 
 def _abandon(task: asyncio.Task[aiopg.Connection]) -> None:

@@ -38,6 +38,7 @@ from .errors import (
     PoolError,
     PoolTimeoutError,
     PoolUnavailableError,
+    QueryParameterError,
     QueryTimeoutError,
     SettingsError,
     TooManyRequestsError,
@@ -325,8 +326,14 @@ class PoolManager:
                 self.name,
                 self._in_use,
             )
+            self._abort_in_flight()
+            # The callers' own release paths now cancel their statements server-side
+            # (bounded by cancel_timeout); give them that long, at most 1 s.
+            await asyncio.sleep(0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), min(self.settings.cancel_timeout, 1.0))
             for slot in list(self._busy_slots):
-                self._spawn(self._settle(slot, returning=False, discard=True), "settle")
+                slot.conn.close()  # whatever still hangs (cancel lost): cut it
         tasks = [t for t in self._tasks if not t.done()]
         for task in tasks:
             if task.get_name().startswith(("pgpool-connect", "pgpool-reconnect")):
@@ -343,6 +350,18 @@ class PoolManager:
         self._state = transition(self._state, PoolState.CLOSED)
         assert self._closed_event is not None
         self._closed_event.set()
+
+    def _abort_in_flight(self) -> None:
+        """At the stop deadline: fail every statement still awaited (its caller then
+        releases the connection, which cancels the statement on the server) and close
+        connections held idle by callers (they find them closed)."""
+        for slot in list(self._busy_slots):
+            waiting = slot.waiting
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(_Stopped())
+            elif not slot.conn.is_busy():
+                slot.conn.close()
+            # else: already settling or rolling back in an owned task
 
     async def __aenter__(self) -> PoolManager:
         await self.start()
@@ -573,10 +592,14 @@ class PoolManager:
                     self._drop_idle(slot)
                     continue
                 self._take(slot, now)
-                if now - slot.last_used < self.settings.validate_idle_after:
+                if (
+                    now - slot.last_used < self.settings.validate_idle_after
+                    and not slot.conn.has_pending_input()
+                ):
                     return slot
                 # Idle long enough that the server may have dropped it (restart,
-                # pg_terminate_backend, idle timeouts): prove it alive before handing out.
+                # pg_terminate_backend, idle timeouts), or the server sent something
+                # while it sat idle: prove it alive before handing it out.
                 if await self._validate(slot, wait_until):
                     return slot
                 now = self._now()
@@ -728,6 +751,8 @@ class PoolManager:
         if not settled and self._cancel_threads < self.settings.max_size + 2:
             bound = self.settings.cancel_timeout
             idle = conn.wait_until_idle()
+            # It may fail after we stop waiting (the connection closes): retrieve it then.
+            idle.add_done_callback(_consume)
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._cancel_in_thread(conn), bound)
                 await asyncio.wait((idle,), timeout=bound)
@@ -741,13 +766,19 @@ class PoolManager:
         self._release(slot, bad=discard or not settled)
 
     def _cancel_in_thread(self, conn: DriverConnection) -> asyncio.Future[None]:
-        """psycopg2's cancel() blocks (a connect plus a round trip) with no timeout of its
-        own, so it runs on a daemon thread: one stuck behind a black-holed network must
-        neither block the loop nor keep the interpreter from exiting. Callers bound the
+        """A cancel request blocks (a connect plus a round trip) with no timeout of its own,
+        so it runs on a daemon thread (and without the GIL, see AiopgConnection): one stuck
+        behind a black-holed network must neither block the loop nor keep the interpreter
+        from exiting. Callers bound the
         wait; at most ``max_size + 2`` such threads run, past that the pool just closes."""
         loop = self._loop
         assert loop is not None
         future: asyncio.Future[None] = loop.create_future()
+        try:
+            send = conn.prepare_cancel()
+        except Exception as exc:  # closed under us: nothing left to cancel
+            future.set_exception(exc)
+            return future
         self._cancel_threads += 1
 
         def done(error: BaseException | None) -> None:
@@ -762,7 +793,7 @@ class PoolManager:
         def run() -> None:
             error: BaseException | None = None
             try:
-                conn.cancel()
+                send()
             except BaseException as exc:  # handed to the loop
                 error = exc
             with contextlib.suppress(RuntimeError):  # the loop may be closed by now
@@ -789,7 +820,15 @@ class PoolManager:
         on the server in the background, so the caller's error is not delayed by the cancel.
         """
         conn = slot.conn
-        future = conn.send(sql, params, callproc=callproc)
+        try:
+            future = conn.send(sql, params, callproc=callproc)
+        except (IndexError, KeyError, TypeError, ValueError) as exc:
+            given = (
+                "no" if params is None else str(len(params)) if hasattr(params, "__len__") else "1"
+            )
+            raise QueryParameterError(
+                f"statement parameters rejected ({given} given): {type(exc).__name__}: {exc}"
+            ) from exc
         # Awaited directly: a caller's cancellation cancels only this future, and the
         # deadline timer fails it with _Expired; neither stops the statement, which is
         # settled (server-side cancel) when the slot is released.
@@ -799,6 +838,11 @@ class PoolManager:
         timers.add(slot, deadline)
         try:
             await future
+        except _Stopped:
+            raise PoolClosedError(
+                f"pool {self.name} stopped before the statement finished;"
+                " it was cancelled on the server"
+            ) from None
         except _Expired:
             self._counters["query_timeouts"] += 1
             raise QueryTimeoutError(
@@ -1101,6 +1145,10 @@ class PostgresConnector:
         await pool._run(slot, "COMMIT", None, self._deadline, self._total)
 
 
+class _Stopped(Exception):
+    """Set on a statement's future when stop() runs out of time (never escapes the pool)."""
+
+
 class _Expired(Exception):
     """Set on a statement's future by the deadline timer (never escapes the pool)."""
 
@@ -1109,6 +1157,11 @@ def _expire_run(slot: _Slot, _payload: object) -> None:
     waiting = slot.waiting
     if waiting is not None and not waiting.done():
         waiting.set_exception(_Expired())
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _call_site() -> str:

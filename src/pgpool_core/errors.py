@@ -12,6 +12,7 @@ __all__ = [
     "PoolError",
     "PoolTimeoutError",
     "PoolUnavailableError",
+    "QueryParameterError",
     "QueryTimeoutError",
     "SettingsError",
     "TooManyRequestsError",
@@ -68,6 +69,11 @@ class PoolClosedError(ConnectionException):
 
 class TooManyRequestsError(ConnectionException):
     """``max_waiting`` requests already wait for a connection; this one is shed at once."""
+
+
+class QueryParameterError(PoolError, ValueError):
+    """The parameters could not be bound to the statement (wrong count, missing key, a NUL
+    character, an unadaptable value); nothing was sent. ``__cause__`` is the driver's error."""
 
 
 class SettingsError(PoolError, ValueError):

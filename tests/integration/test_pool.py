@@ -17,6 +17,7 @@ from pgpool_core import (
     PoolManager,
     PoolTimeoutError,
     PoolUnavailableError,
+    QueryParameterError,
     QueryTimeoutError,
     TooManyRequestsError,
     classify,
@@ -74,7 +75,7 @@ async def test_results_multi_row_no_row_and_no_result_set(pool: PoolManager) -> 
 async def test_client_timeout_cancels_the_server_query(
     postgres_db_url: str, postgres_server: PostgresServer
 ) -> None:
-    """pg_sleep(10) with timeout=0.5 raises within 0.7 s, leaves no active backend, and the
+    """F6: pg_sleep(10) with timeout=0.5 raises within 0.7 s, leaves no active backend, and the
     next query succeeds on the same number of backends."""
     db = database_of(postgres_db_url)
     async with PoolManager(postgres_db_url, min_size=1, max_size=1) as pool:
@@ -102,7 +103,7 @@ async def test_server_statement_timeout_is_a_query_timeout(postgres_db_url: str)
 async def test_cancelled_caller_leaves_no_server_query(
     pool: PoolManager, postgres_db_url: str, postgres_server: PostgresServer
 ) -> None:
-    """Cancelling the calling task cancels the statement server-side within 1 s."""
+    """F5: Cancelling the calling task cancels the statement server-side within 1 s."""
     db = database_of(postgres_db_url)
     task = asyncio.create_task(pool.execute("SELECT pg_sleep(10)"))
     await wait_for_condition(lambda: bool(_backends(postgres_server, db, "active")))
@@ -119,7 +120,7 @@ async def test_cancelled_caller_leaves_no_server_query(
 async def test_thousand_requests_half_failing_leave_a_clean_pool(
     postgres_db_url: str, postgres_server: PostgresServer
 ) -> None:
-    """1000 transactions, half raising: free == size, <= max_size backends, none idle in
+    """F9: 1000 transactions, half raising: free == size, <= max_size backends, none idle in
     transaction, and the failed halves left no rows behind."""
     db = database_of(postgres_db_url)
     async with PoolManager(postgres_db_url, min_size=1, max_size=5, acquire_timeout=30) as pool:
@@ -274,8 +275,9 @@ async def test_callproc_calls_a_function(
     ("sql", "params", "error"),
     [
         ("SELEC 1", None, psycopg2.errors.SyntaxError),
-        ("SELECT %s, %s", [1], IndexError),
-        ("SELECT %s", ["a\x00b"], ValueError),
+        ("SELECT %s, %s", [1], QueryParameterError),
+        ("SELECT %(a)s", {"b": 1}, QueryParameterError),
+        ("SELECT %s", ["a\x00b"], QueryParameterError),
         ("SELECT %s::text", [b"\xff\xfe".decode("latin-1")], None),
         (
             "SELECT convert_from(%s, 'UTF8')",
@@ -283,12 +285,12 @@ async def test_callproc_calls_a_function(
             psycopg2.errors.CharacterNotInRepertoire,
         ),
     ],
-    ids=["bad-sql", "param-count", "nul-byte", "latin1-text", "non-utf8-bytes"],
+    ids=["bad-sql", "param-count", "param-name", "nul-byte", "latin1-text", "non-utf8-bytes"],
 )
 async def test_bad_input_is_a_clear_error_and_the_pool_stays_healthy(
     pool: PoolManager, sql: str, params: object, error: type[BaseException] | None
 ) -> None:
-    """Each bad input raises its own typed error; the pool answers right after."""
+    """F8: Each bad input raises its own typed error; the pool answers right after."""
     if error is None:
         await pool.execute(sql, params)
     else:
@@ -305,7 +307,7 @@ async def test_large_parameter_round_trips(pool: PoolManager) -> None:
 
 
 async def test_waiters_are_served_in_arrival_order(postgres_db_url: str) -> None:
-    """With one connection busy, requests queued in order complete in that order."""
+    """F7: With one connection busy, requests queued in order complete in that order."""
     async with PoolManager(postgres_db_url, min_size=1, max_size=1, acquire_timeout=10) as pool:
         await pool.execute("SELECT 1")
         holder = asyncio.create_task(pool.execute("SELECT pg_sleep(0.3)"))
@@ -429,7 +431,7 @@ async def test_real_database_conditions_classify(pool: PoolManager) -> None:
 async def test_first_request_after_all_idle_backends_are_killed_succeeds(
     postgres_db_url: str, postgres_server: PostgresServer
 ) -> None:
-    """F2: pg_terminate_backend of every idle backend; the next request still succeeds,
+    """F2: F2: pg_terminate_backend of every idle backend; the next request still succeeds,
     the dead ones are counted as connections_lost, none as a failed request."""
     db = database_of(postgres_db_url)
     async with PoolManager(postgres_db_url, min_size=3, max_size=3, validate_idle_after=0) as pool:

@@ -6,7 +6,9 @@ PostgreSQL per test session and a fresh database per test:
 - ``postgres_server``: a :class:`PostgresServer` handle (``url``, ``stop``, ``start``,
   ``restart``, ``activity``, ``query``, ``terminate_backends``);
 - ``postgres_url``: a superuser libpq URL on that server;
-- ``postgres_db_url``: the URL of a new, empty database, dropped after the test.
+- ``postgres_db_url``: the URL of a new, empty database, dropped after the test;
+- ``postgres_proxy``: a :class:`TcpProxy` in front of that server, for fault tests
+  (``rewrite(url)``, ``blackhole()``, ``refuse()``, ``reset()``, ``heal()``).
 
 The server comes from, in order: ``PGPOOL_TEST_DSN``; testcontainers when a Docker engine
 answers; local PostgreSQL binaries (``initdb`` + ``pg_ctl``, run as an unprivileged user
@@ -24,11 +26,13 @@ from ._discovery import DSN_ENV, SEARCH_DIRS_ENV, SOURCE_ENV, Source
 from ._fakes import FakeConnection, FakeConnector, Script
 from ._plugin import (
     postgres_db_url,
+    postgres_proxy,
     postgres_server,
     postgres_url,
     pytest_collection_finish,
     pytest_configure,
 )
+from ._proxy import ProxyMode, TcpProxy
 from ._server import (
     PostgresServer,
     ServerControlUnavailable,
@@ -43,11 +47,14 @@ __all__ = [
     "FakeConnection",
     "FakeConnector",
     "PostgresServer",
+    "ProxyMode",
     "Script",
     "ServerControlUnavailable",
     "ServerStartError",
     "Source",
+    "TcpProxy",
     "postgres_db_url",
+    "postgres_proxy",
     "postgres_server",
     "postgres_url",
     "pytest_collection_finish",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,7 +98,9 @@ class FakeConnection:
         self._pending: asyncio.Future[None] | None = None
         self._running = False
         self._dropped = False
-        self._idle_waiters: list[asyncio.Future[None]] = []
+        # Like aiopg, one waiter per connection: wait_until_idle() replaces the statement's
+        # future, which then never completes.
+        self._waiter: asyncio.Future[None] | None = None
         self._result = QueryResult(0, [])
         self._script: Script | None = None
 
@@ -117,6 +119,7 @@ class FakeConnection:
         self.statements.append(sql)
         future: asyncio.Future[None] = self.loop.create_future()
         self._pending = future
+        self._waiter = future
         script = self.connector.script_for(sql)
         verb = sql.strip().split(None, 1)[0].upper() if sql.strip() else ""
         rows = list(script.rows) if script and script.rows is not None else None
@@ -140,14 +143,12 @@ class FakeConnection:
             else:
                 self.status = TxStatus.INTRANS if in_tx else TxStatus.IDLE
             # The pool may have given up on (failed or cancelled) its future already.
-            for waiter in [future, *self._idle_waiters]:
-                if waiter.done():
-                    continue
+            waiter, self._waiter = self._waiter, None
+            if waiter is not None and not waiter.done():
                 if error is None:
                     waiter.set_result(None)
                 else:
                     waiter.set_exception(error)
-            self._idle_waiters.clear()
 
         self._finish = finish
         self._running = True
@@ -178,13 +179,17 @@ class FakeConnection:
     def result(self) -> QueryResult:
         return self._result
 
+    def has_pending_input(self) -> bool:
+        """True once the server dropped the connection (see :meth:`drop`)."""
+        return self._dropped and not self.closed
+
     def is_busy(self) -> bool:
         return self._running and not self.closed
 
     def wait_until_idle(self) -> asyncio.Future[None]:
         waiter: asyncio.Future[None] = self.loop.create_future()
         if self.is_busy():
-            self._idle_waiters.append(waiter)
+            self._waiter = waiter
         else:
             waiter.set_result(None)
         return waiter
@@ -193,6 +198,9 @@ class FakeConnection:
         """Server-side cancel; like psycopg2's, callable from any thread."""
         self.cancel_requests += 1
         self.loop.call_soon_threadsafe(self._cancel_running)
+
+    def prepare_cancel(self) -> Callable[[], None]:
+        return self.cancel
 
     def _cancel_running(self) -> None:
         if self._script is not None and self._script.ignore_cancel:

@@ -8,6 +8,7 @@ printed right after collection as ``postgres: <source> <version>``.
 from __future__ import annotations
 
 import os
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from ._discovery import HOW_TO_GET_ONE
+from ._proxy import TcpProxy
 from ._server import PostgresServer, start_first_available
 
 __all__ = [
@@ -135,3 +137,14 @@ def postgres_db_url(postgres_server: PostgresServer) -> Iterator[str]:
             postgres_server.start()
         with postgres_server.connect() as conn, conn.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_proxy(postgres_server: PostgresServer) -> Iterator[TcpProxy]:
+    """A :class:`TcpProxy` on loopback in front of the session's server, closed afterwards.
+
+    ``postgres_proxy.rewrite(url)`` routes any URL of that server through it.
+    """
+    parts = urllib.parse.urlsplit(postgres_server.url)
+    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        yield proxy
