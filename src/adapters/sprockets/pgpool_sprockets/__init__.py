@@ -1,5 +1,96 @@
-"""sprockets.http adapter for pgpool (``pgpool[sprockets]``)."""
+"""sprockets.http adapter: pgpool for ``sprockets.http.app.Application``.
+
+Change ``import sprockets_postgres`` to ``import pgpool_sprockets as sprockets_postgres``:
+the mixins, ``StatusRequestHandler``, ``QueryResult``, ``ConnectionException`` and the
+``postgres_*`` settings keep their names and meaning. The pool opens from the runner's
+``on_start`` callback and closes from its ``shutdown`` callback.
+
+.. versionadded:: 0.1
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import asyncio
+import logging
+from typing import Any
+
+from pgpool_core import (
+    ConfigurationError,
+    ConnectionException,
+    PoolUnavailableError,
+    PostgresConnector,
+    QueryResult,
+    SettingsError,
+)
+from pgpool_tornado import (
+    ERROR_RESPONSES,
+    ErrorResponse,
+    PostgresHTTPError,
+    QueryParameters,
+    RequestHandlerMixin,
+    StatusRequestHandler,
+    Timeout,
+)
+from pgpool_tornado import ApplicationMixin as _TornadoApplicationMixin
+
+__all__ = [
+    "ERROR_RESPONSES",
+    "ApplicationMixin",
+    "ConnectionException",
+    "ErrorResponse",
+    "PostgresConnector",
+    "PostgresHTTPError",
+    "QueryParameters",
+    "QueryResult",
+    "RequestHandlerMixin",
+    "StatusRequestHandler",
+    "Timeout",
+]
+
+LOGGER = logging.getLogger("pgpool.sprockets")
+
+#: Seconds the shutdown callback gives queries in flight (sprockets.http allows ~5 s).
+SHUTDOWN_TIMEOUT = 3.0
+
+
+class ApplicationMixin(_TornadoApplicationMixin):
+    """Opens the pool on ``on_start`` and closes it on ``shutdown``.
+
+    A missing ``postgres_url`` or a configuration the server refuses (bad setting,
+    authentication failure, unknown database or host) logs CRITICAL and stops the
+    application, once. A database that is merely down at boot does not: requests get
+    503 until the pool reconnects.
+    """
+
+    runner_callbacks: dict[str, list[Any]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Set once the ``on_start`` callback has finished, whatever its outcome.
+        self.postgres_started = asyncio.Event()
+        self._postgres_stop_requested = False
+        self.runner_callbacks["on_start"].append(self._postgres_on_start)
+        self.runner_callbacks["shutdown"].append(self._postgres_shutdown)
+
+    async def _postgres_on_start(self, _app: Any, loop: Any) -> None:
+        try:
+            await self.postgres_start()
+            assert self.postgres_pool is not None
+            await self.postgres_pool.wait_ready()
+        except (SettingsError, ConfigurationError) as exc:
+            LOGGER.critical("PostgreSQL is misconfigured, stopping: %s", exc)
+            self._postgres_stop_application(loop)
+        except PoolUnavailableError as exc:
+            LOGGER.warning(
+                "PostgreSQL is unavailable at start (%s); answering 503 until it is back", exc
+            )
+        finally:
+            self.postgres_started.set()
+
+    def _postgres_stop_application(self, loop: Any) -> None:
+        if not self._postgres_stop_requested:
+            self._postgres_stop_requested = True
+            self.stop(loop)  # type: ignore[attr-defined]
+
+    def _postgres_shutdown(self, *_args: Any) -> Any:
+        return asyncio.ensure_future(self.postgres_stop(SHUTDOWN_TIMEOUT))

@@ -1,5 +1,36 @@
-"""Tornado adapter for pgpool (``pgpool[tornado]``)."""
+"""Tornado adapter: PostgreSQL for ``tornado.web.Application`` via pgpool_core.
+
+A drop-in successor to sprockets-postgres' mixins (same names and semantics) on a plain
+Tornado application; ``pgpool_sprockets`` adds the sprockets.http lifecycle hooks.
+
+.. versionadded:: 0.1
+"""
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from pgpool_core import ConnectionException, PostgresConnector, QueryResult
+
+from ._mixins import (
+    ERROR_RESPONSES,
+    ApplicationMixin,
+    ErrorResponse,
+    PostgresHTTPError,
+    QueryParameters,
+    RequestHandlerMixin,
+    StatusRequestHandler,
+    Timeout,
+)
+
+__all__ = [
+    "ERROR_RESPONSES",
+    "ApplicationMixin",
+    "ConnectionException",
+    "ErrorResponse",
+    "PostgresConnector",
+    "PostgresHTTPError",
+    "QueryParameters",
+    "QueryResult",
+    "RequestHandlerMixin",
+    "StatusRequestHandler",
+    "Timeout",
+]

@@ -1,0 +1,343 @@
+"""The mixins: lifecycle and status on the application, queries and error mapping on handlers.
+
+Settings parsing, retries, timeouts and error classification live in pgpool_core; this
+module wires the pool to the application, maps error kinds to HTTP and forwards timings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias, cast
+
+from tornado import web
+
+from pgpool_core import (
+    ErrorKind,
+    OnDuration,
+    OnError,
+    PoolClosedError,
+    PoolError,
+    PoolManager,
+    PoolSettings,
+    PostgresConnector,
+    QueryResult,
+    classify,
+    sqlstate,
+)
+
+try:  # tornado-problem-details is optional
+    import problemdetails
+except ImportError:  # pragma: no cover - installed in the test environment
+    problemdetails = None
+
+__all__ = [
+    "ERROR_RESPONSES",
+    "ApplicationMixin",
+    "ErrorResponse",
+    "PostgresHTTPError",
+    "QueryParameters",
+    "RequestHandlerMixin",
+    "StatusRequestHandler",
+    "Timeout",
+]
+
+LOGGER = logging.getLogger("pgpool.tornado")
+
+QueryParameters: TypeAlias = "dict[str, Any] | list[Any] | tuple[Any, ...] | None"
+"""Query parameters: a sequence for ``%s`` placeholders, a mapping for ``%(name)s``."""
+
+Timeout: TypeAlias = "int | float | None"
+"""Seconds, or None for the pool's defaults."""
+
+
+@dataclass(frozen=True)
+class ErrorResponse:
+    """The HTTP answer for one :class:`~pgpool_core.ErrorKind`."""
+
+    status: int
+    title: str
+    #: Seconds for a ``Retry-After`` header; None sends none.
+    retry_after: int | None = None
+
+
+#: ErrorKind -> HTTP answer. Codes and titles follow sprockets-postgres where it had them.
+#: Kinds missing here (``OTHER``) are not database errors and are re-raised unchanged.
+ERROR_RESPONSES: Mapping[ErrorKind, ErrorResponse] = {
+    ErrorKind.CONNECTION_FAILURE: ErrorResponse(503, "Database Connection Error", 1),
+    ErrorKind.UNAVAILABLE: ErrorResponse(503, "Database Unavailable", 1),
+    ErrorKind.POOL_EXHAUSTED: ErrorResponse(503, "Database Busy", 1),
+    ErrorKind.QUERY_TIMEOUT: ErrorResponse(500, "Query Timeout"),
+    ErrorKind.UNIQUE_VIOLATION: ErrorResponse(409, "Unique Violation"),
+    ErrorKind.FOREIGN_KEY_VIOLATION: ErrorResponse(409, "Foreign Key Violation"),
+    ErrorKind.TRANSACTION_CONFLICT: ErrorResponse(409, "Transaction Conflict", 1),
+    ErrorKind.OPERATIONAL: ErrorResponse(503, "Database Error"),
+    ErrorKind.DATABASE: ErrorResponse(500, "Database Error"),
+}
+
+
+class PostgresHTTPError(web.HTTPError):
+    """The HTTP error for a database failure when tornado-problem-details is absent.
+
+    :class:`RequestHandlerMixin` renders it as an ``application/problem+json`` document
+    (``status``, ``title``, ``sqlstate``) with its ``Retry-After`` header. Nothing from
+    the statement, its parameters or the server's message reaches the body.
+    """
+
+    def __init__(self, response: ErrorResponse, code: str | None) -> None:
+        super().__init__(response.status, reason=response.title)
+        self.title = response.title
+        self.sqlstate = code
+        self.retry_after = response.retry_after
+
+
+class ApplicationMixin:
+    """Adds a :class:`~pgpool_core.PoolManager` to a ``tornado.web.Application``.
+
+    Settings come from the application settings (``postgres_url``,
+    ``postgres_max_pool_size``, ...) then ``POSTGRES_*`` environment variables. Call
+    :meth:`postgres_start` before serving and :meth:`postgres_stop` when done.
+    """
+
+    #: Seconds the ``SELECT 1`` of :meth:`postgres_status` may take.
+    POSTGRES_STATUS_TIMEOUT = 1.0
+
+    settings: dict[str, Any]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The pool (None before :meth:`postgres_start` and after :meth:`postgres_stop`).
+        self.postgres_pool: PoolManager | None = None
+
+    def postgres_settings(self) -> PoolSettings:
+        """The pool settings from the application settings and the environment.
+
+        :raises SettingsError: naming the bad key and value.
+        """
+        return PoolSettings.from_mapping(self.settings)
+
+    async def postgres_start(self, *, wait: bool = False) -> None:
+        """Create and open the pool. Lazy: succeeds with the database down, unless ``wait``.
+
+        :raises SettingsError: a missing ``postgres_url`` or a bad setting.
+        :raises ConfigurationError: (``wait``) authentication failed, unknown database...
+        :raises PoolUnavailableError: (``wait``) the database could not be reached.
+        """
+        if self.postgres_pool is not None:
+            return
+        pool = PoolManager(settings=self.postgres_settings())
+        await pool.start(wait=wait)
+        self.postgres_pool = pool
+
+    async def postgres_stop(self, timeout: float = 4.0) -> None:
+        """Stop the pool: work in flight gets ``timeout`` seconds, then is cancelled."""
+        pool, self.postgres_pool = self.postgres_pool, None
+        if pool is not None:
+            await pool.stop(timeout)
+
+    @property
+    def postgres_is_connected(self) -> bool:
+        """True while the pool is open and its latest connect or query succeeded."""
+        return self.postgres_pool is not None and self.postgres_pool.is_available
+
+    async def postgres_status(self) -> dict[str, Any]:
+        """``{'available': bool, 'pool_size': int, 'pool_free': int}``; never raises.
+
+        ``available`` comes from a real outcome (a recent success or a bounded
+        ``SELECT 1``); a saturated but healthy pool is available without queueing a probe.
+        """
+        pool = self.postgres_pool
+        if pool is None:
+            return {"available": False, "pool_size": 0, "pool_free": 0}
+        status = await pool.status()
+        return {
+            "available": status.available,
+            "pool_size": status.pool_size,
+            "pool_free": status.pool_free,
+        }
+
+    @contextlib.asynccontextmanager
+    async def postgres_connector(
+        self,
+        on_error: OnError | None = None,
+        on_duration: OnDuration | None = None,
+        timeout: Timeout = None,
+    ) -> AsyncIterator[PostgresConnector]:
+        """A :class:`~pgpool_core.PostgresConnector` on one pooled connection.
+
+        As in sprockets-postgres, a failure to get a connection also goes to
+        ``on_error('postgres_connector', exc)``: the exception it returns is raised;
+        if it returns None, the block gets ``None`` instead of a connector.
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            connector: PostgresConnector | None
+            try:
+                if self.postgres_pool is None:
+                    raise PoolClosedError("the PostgreSQL pool is not started")
+                connector = await stack.enter_async_context(
+                    self.postgres_pool.connector(
+                        on_error, on_duration, None if timeout is None else float(timeout)
+                    )
+                )
+            except PoolError as exc:
+                replacement = exc if on_error is None else on_error("postgres_connector", exc)
+                if replacement is exc:
+                    raise
+                if replacement is not None:
+                    raise replacement from exc
+                connector = None
+            yield cast(PostgresConnector, connector)
+
+
+class RequestHandlerMixin:
+    """Query helpers for ``tornado.web.RequestHandler`` subclasses (sprockets-postgres names).
+
+    Errors go through :meth:`on_postgres_error`, durations through
+    :meth:`on_postgres_timing`; override either to change the behaviour.
+    """
+
+    application: Any
+
+    async def postgres_execute(
+        self,
+        sql: str,
+        parameters: QueryParameters = None,
+        metric_name: str = "",
+        *,
+        timeout: Timeout = None,
+    ) -> QueryResult:
+        """Run one statement; ``timeout`` bounds the whole call (waiting included)."""
+        async with self.application.postgres_connector(
+            self.on_postgres_error, self.on_postgres_timing, timeout
+        ) as connector:
+            if connector is None:  # on_postgres_error swallowed a connection failure
+                return QueryResult(0, [])
+            result: QueryResult = await connector.execute(sql, parameters, metric_name)
+            return result
+
+    async def postgres_callproc(
+        self,
+        name: str,
+        parameters: QueryParameters = None,
+        metric_name: str = "",
+        *,
+        timeout: Timeout = None,
+    ) -> QueryResult:
+        """Call a stored function; like :meth:`postgres_execute`."""
+        async with self.application.postgres_connector(
+            self.on_postgres_error, self.on_postgres_timing, timeout
+        ) as connector:
+            if connector is None:
+                return QueryResult(0, [])
+            result: QueryResult = await connector.callproc(name, parameters, metric_name)
+            return result
+
+    @contextlib.asynccontextmanager
+    async def postgres_transaction(
+        self, timeout: Timeout = None
+    ) -> AsyncIterator[PostgresConnector]:
+        """``BEGIN`` ... ``COMMIT`` on one connection; ``ROLLBACK`` on any error.
+
+        ``timeout`` bounds the whole transaction, waiting for the connection included.
+        """
+        async with self.application.postgres_connector(
+            self.on_postgres_error, self.on_postgres_timing, timeout
+        ) as connector:
+            if connector is None:
+                raise PoolClosedError("no database connection for the transaction")
+            async with connector.transaction():
+                yield connector
+
+    def on_postgres_error(self, metric_name: str, exc: Exception) -> Exception | None:
+        """Map a database failure to the HTTP error to raise (return None to swallow).
+
+        The kind comes from :func:`pgpool_core.classify`; :data:`ERROR_RESPONSES` gives
+        the status, title and ``Retry-After``. With tornado-problem-details installed the
+        error is a ``problemdetails.Problem``, else a :class:`PostgresHTTPError`; both
+        carry only the status, title and SQLSTATE. Other exceptions are returned as is.
+        """
+        kind = classify(exc)
+        response = ERROR_RESPONSES.get(kind)
+        if response is None:
+            return exc
+        first_line = str(exc).strip().split("\n", 1)[0]
+        LOGGER.error(
+            "%s in %s for %s (%s)",
+            type(exc).__name__,
+            type(self).__name__,
+            metric_name or "query",
+            first_line,
+        )
+        code = sqlstate(exc)
+        if problemdetails is not None:
+            problem = problemdetails.Problem(
+                status_code=response.status, title=response.title, sqlstate=code
+            )
+            problem.retry_after = response.retry_after
+            return cast(Exception, problem)
+        return PostgresHTTPError(response, code)
+
+    def on_postgres_timing(self, metric_name: str, duration: float) -> None:
+        """Record a statement's duration: ``self.influxdb.set_field`` (sprockets-influxdb),
+        else ``self.record_timing`` (sprockets.mixins.metrics), else a DEBUG log."""
+        if hasattr(self, "influxdb"):
+            self.influxdb.set_field(metric_name, duration)
+        elif hasattr(self, "record_timing"):
+            self.record_timing(duration, metric_name)
+        else:
+            LOGGER.debug("Postgres query %s duration: %s", metric_name, duration)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Add ``Retry-After`` to database errors and render :class:`PostgresHTTPError`
+        as a problem document; everything else goes to the next ``write_error``."""
+        handler = cast(web.RequestHandler, self)
+        exc_info = kwargs.get("exc_info")
+        error = exc_info[1] if exc_info else None
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            handler.set_header("Retry-After", str(retry_after))
+        document: dict[str, Any] | None = None
+        if isinstance(error, PostgresHTTPError):
+            document = {"status": status_code, "title": error.title, "sqlstate": error.sqlstate}
+        elif (
+            problemdetails is not None
+            and isinstance(error, problemdetails.Problem)
+            and not isinstance(self, problemdetails.ErrorWriter)
+        ):
+            document = dict(error.document)  # no ErrorWriter in this handler: render it here
+        if document is not None:
+            handler.set_header("Content-Type", "application/problem+json")
+            handler.finish(json.dumps(document))
+            return
+        super().write_error(status_code, **kwargs)  # type: ignore[misc]
+
+
+class StatusRequestHandler(web.RequestHandler):
+    """``GET`` -> 200 (or 503 when the database is unavailable) with the service's status:
+    ``application``, ``environment`` and ``version`` from the settings ``service``,
+    ``environment`` and ``version``, and the pool's numbers under ``postgres``."""
+
+    async def get(self, *_args: Any, **_kwargs: Any) -> None:
+        application = cast(ApplicationMixin, self.application)
+        postgres = await application.postgres_status()
+        pool = application.postgres_pool
+        stats = pool.stats() if pool is not None else {}
+        if not postgres["available"]:
+            self.set_status(503)
+        self.write(
+            {
+                "application": self.settings.get("service", "unknown"),
+                "environment": self.settings.get("environment", "unknown"),
+                "postgres": {
+                    "pool_free": postgres["pool_free"],
+                    "pool_size": postgres["pool_size"],
+                    "pool_max": stats.get("pool_max", 0),
+                    "requests_waiting": stats.get("requests_waiting", 0),
+                },
+                "status": "ok" if postgres["available"] else "unavailable",
+                "version": self.settings.get("version", "unknown"),
+            }
+        )
