@@ -1,0 +1,89 @@
+"""The demo service as a newcomer runs it: the README's curl lines answer, Ctrl-C stops it
+cleanly and removes its throwaway PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pgpool_core.testing._server import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def readme_curl_lines() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- demo-curl", 1)[1].split("<!-- /demo-curl -->", 1)[0]
+    return [line for line in block.splitlines() if line.startswith("curl ")]
+
+
+def wait_for_line(process: subprocess.Popen[str], pattern: str, timeout: float) -> str:
+    """Read the service's log until a line matches (the log is how it says it is ready)."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if re.search(pattern, line):
+            return line
+    raise AssertionError(f"no line matching {pattern!r} in:\n{''.join(seen)}")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uses SIGINT")
+def test_readme_curl_examples_against_the_demo_then_ctrl_c(postgres_server: object) -> None:
+    """Starts demo/service.py with no POSTGRES_URL, runs every README curl line, then
+    SIGINT: exit 0 within 10 s and the throwaway server's directory is gone."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "POSTGRES_URL"}
+    env["PORT"] = str(port)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "demo" / "service.py")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        started = wait_for_line(process, r"throwaway PostgreSQL .* in (\S+)", 60)
+        directory = Path(started.rsplit(" in ", 1)[1].strip())
+        assert directory.exists()
+        wait_for_line(process, r"serving on http://127\.0\.0\.1", 10)
+        wait_for_line(process, r"schema ready", 10)  # created by an on_start callback
+        outputs = []
+        for line in readme_curl_lines():
+            command = shlex.split(line.replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
+            done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=10)
+            assert done.returncode == 0, (line, done.stderr)
+            outputs.append(done.stdout)
+        status, created, listed, one, updated, deleted = outputs
+        assert json.loads(status)["status"] == "ok"
+        assert json.loads(created)["name"] == "apple"
+        assert [item["name"] for item in json.loads(listed)] == ["apple"]
+        assert json.loads(one)["id"] == json.loads(created)["id"]
+        assert json.loads(updated)["name"] == "pear"
+        assert deleted.strip() == "204"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            code = process.wait(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+            assert process.stdout is not None
+            rest = process.stdout.read()
+            process.stdout.close()
+    assert code == 0, rest
+    assert "throwaway PostgreSQL removed" in rest
+    assert not directory.exists()
