@@ -84,6 +84,8 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """PoolManager vs raw aiopg.Pool (W1-W3, starvation) on a throwaway PostgreSQL."""
+    """PoolManager vs raw aiopg.Pool (W1-W3, starvation), then the HTTP leg (pgpool_tornado
+    against the same app without the database), on a throwaway PostgreSQL."""
     install_dev(session)
     session.run("python", "benchmarks/bench_pool.py", *session.posargs)
+    session.run("python", "benchmarks/bench_http.py")

@@ -919,7 +919,14 @@ class PoolManager:
         self._release(slot)
 
     async def execute(
-        self, sql: str, params: Any = None, *, metric_name: str = "", timeout: float | None = None
+        self,
+        sql: str,
+        params: Any = None,
+        *,
+        metric_name: str = "",
+        timeout: float | None = None,
+        on_error: OnError | None = None,
+        on_duration: OnDuration | None = None,
     ) -> QueryResult:
         """Run one statement on a pooled connection and return its :class:`QueryResult`.
 
@@ -928,25 +935,71 @@ class PoolManager:
         :raises PoolTimeoutError: no connection free in time.
         :raises QueryTimeoutError: the statement ran out of time (cancelled server-side).
         :raises psycopg2.Error: errors from the SQL itself, unwrapped.
+
+        ``on_error`` and ``on_duration`` are the hooks of :meth:`connector` (a failure to
+        get a connection reaches ``on_error`` as ``"postgres_connector"``), without
+        holding a connector: the fast path for one statement.
         """
-        return await self._execute_once(sql, params, timeout, metric_name, callproc=False)
+        return await self._execute_once(
+            sql,
+            params,
+            timeout,
+            metric_name,
+            on_error=on_error,
+            on_duration=on_duration,
+            callproc=False,
+        )
 
     async def callproc(
-        self, name: str, params: Any = None, *, metric_name: str = "", timeout: float | None = None
+        self,
+        name: str,
+        params: Any = None,
+        *,
+        metric_name: str = "",
+        timeout: float | None = None,
+        on_error: OnError | None = None,
+        on_duration: OnDuration | None = None,
     ) -> QueryResult:
         """Call a stored function (``SELECT * FROM name(params)``); like :meth:`execute`."""
-        return await self._execute_once(name, params, timeout, metric_name, callproc=True)
+        return await self._execute_once(
+            name,
+            params,
+            timeout,
+            metric_name,
+            on_error=on_error,
+            on_duration=on_duration,
+            callproc=True,
+        )
 
     async def _execute_once(
-        self, sql: str, params: Any, timeout: float | None, metric_name: str, *, callproc: bool
+        self,
+        sql: str,
+        params: Any,
+        timeout: float | None,
+        metric_name: str,
+        *,
+        on_error: OnError | None,
+        on_duration: OnDuration | None,
+        callproc: bool,
     ) -> QueryResult:
         # execute()/callproc() hot path: _checkout without its generator-based context.
-        slot, deadline, total = await self._acquire_for(timeout, metric_name)
+        try:
+            slot, deadline, total = await self._acquire_for(timeout, metric_name)
+        except PoolError as exc:
+            if on_error is None:
+                raise
+            return _swallow_or_raise(on_error, "postgres_connector", exc)
+        started = self._now()
         try:
             result = await self._run(slot, sql, params, deadline, total, callproc=callproc)
         except BaseException as exc:
             self._release_after(slot, exc)
+            if on_error is not None and isinstance(exc, (psycopg2.Error, PoolError)):
+                return _swallow_or_raise(on_error, metric_name, exc)
             raise
+        finally:
+            if on_duration is not None:
+                on_duration(metric_name, self._now() - started)
         self._release(slot)
         return result
 
@@ -1119,12 +1172,7 @@ class PostgresConnector:
         except (psycopg2.Error, PoolError) as exc:
             if self._on_error is None:
                 raise
-            replacement = self._on_error(metric_name, exc)
-            if replacement is not None:
-                if replacement is exc:
-                    raise
-                raise replacement from exc
-            return QueryResult(0, [])
+            return _swallow_or_raise(self._on_error, metric_name, exc)
         finally:
             if self._on_duration is not None:
                 self._on_duration(metric_name, pool._now() - started)
@@ -1143,6 +1191,16 @@ class PostgresConnector:
                     await pool._rollback(slot)
             raise
         await pool._run(slot, "COMMIT", None, self._deadline, self._total)
+
+
+def _swallow_or_raise(on_error: OnError, name: str, exc: Exception) -> QueryResult:
+    """Apply an ``on_error`` hook: raise what it returns, or an empty result for None."""
+    replacement = on_error(name, exc)
+    if replacement is exc:
+        raise exc
+    if replacement is not None:
+        raise replacement from exc
+    return QueryResult(0, [])
 
 
 class _Stopped(Exception):

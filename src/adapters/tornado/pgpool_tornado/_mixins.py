@@ -210,13 +210,7 @@ class RequestHandlerMixin:
         timeout: Timeout = None,
     ) -> QueryResult:
         """Run one statement; ``timeout`` bounds the whole call (waiting included)."""
-        async with self.application.postgres_connector(
-            self.on_postgres_error, self.on_postgres_timing, timeout
-        ) as connector:
-            if connector is None:  # on_postgres_error swallowed a connection failure
-                return QueryResult(0, [])
-            result: QueryResult = await connector.execute(sql, parameters, metric_name)
-            return result
+        return await self._postgres_one(sql, parameters, metric_name, timeout, callproc=False)
 
     async def postgres_callproc(
         self,
@@ -227,13 +221,28 @@ class RequestHandlerMixin:
         timeout: Timeout = None,
     ) -> QueryResult:
         """Call a stored function; like :meth:`postgres_execute`."""
-        async with self.application.postgres_connector(
-            self.on_postgres_error, self.on_postgres_timing, timeout
-        ) as connector:
-            if connector is None:
-                return QueryResult(0, [])
-            result: QueryResult = await connector.callproc(name, parameters, metric_name)
-            return result
+        return await self._postgres_one(name, parameters, metric_name, timeout, callproc=True)
+
+    async def _postgres_one(
+        self, sql: str, parameters: Any, metric_name: str, timeout: Timeout, *, callproc: bool
+    ) -> QueryResult:
+        # One statement: the pool's hook-aware fast path, no connector context needed.
+        pool: PoolManager | None = self.application.postgres_pool
+        if pool is None:
+            error = PoolClosedError("the PostgreSQL pool is not started")
+            replacement = self.on_postgres_error("postgres_connector", error)
+            if replacement is not None:
+                raise replacement
+            return QueryResult(0, [])
+        run = pool.callproc if callproc else pool.execute
+        return await run(
+            sql,
+            parameters,
+            metric_name=metric_name,
+            timeout=None if timeout is None else float(timeout),
+            on_error=self.on_postgres_error,
+            on_duration=self.on_postgres_timing,
+        )
 
     @contextlib.asynccontextmanager
     async def postgres_transaction(
