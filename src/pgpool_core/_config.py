@@ -50,6 +50,7 @@ _KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("postgres_leak_detection_threshold",),
         ("POSTGRES_LEAK_DETECTION_THRESHOLD",),
     ),
+    "pgbouncer": (("postgres_pgbouncer",), ("POSTGRES_PGBOUNCER",)),
     "enable_hstore": (("postgres_hstore",), ("POSTGRES_HSTORE",)),
     "enable_json": (("postgres_json",), ("POSTGRES_JSON",)),
     "enable_uuid": (("postgres_uuid",), ("POSTGRES_UUID",)),
@@ -175,6 +176,9 @@ class PoolSettings:
     :param leak_detection_threshold: a connection held longer than this logs one warning
         naming its holder (metric name or call site) and counts ``leaks_detected``;
         0 turns detection off (default 0, as in HikariCP).
+    :param pgbouncer: the URL points at PgBouncer in transaction pooling mode: statements
+        that rely on session state (session ``SET``, ``LISTEN``, session advisory locks,
+        ``PREPARE``, ``WITH HOLD`` cursors) log a warning, once per kind (default False).
     :param enable_hstore: register the hstore adapter (needs the extension; default False).
     :param enable_json: register aiopg's json adapter (default False).
     :param enable_uuid: register the uuid adapter (default True).
@@ -195,6 +199,7 @@ class PoolSettings:
     cancel_timeout: float = 5.0
     validate_idle_after: float = 1.0
     leak_detection_threshold: float = 0.0
+    pgbouncer: bool = False
     enable_hstore: bool = False
     enable_json: bool = False
     enable_uuid: bool = True

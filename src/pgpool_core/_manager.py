@@ -15,6 +15,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import sys
 import threading
 import time
@@ -74,6 +75,14 @@ _INTERNAL_DIRS = (
 )
 #: SQLSTATE of a write on a read-only server: after a failover the pool talks to a standby.
 READ_ONLY_SQL_TRANSACTION = "25006"
+#: Statements that need session state, which PgBouncer's transaction pooling does not keep.
+_SESSION_STATE = (
+    ("session SET", re.compile(r"^\s*SET\s+(?!LOCAL\b|TRANSACTION\b)", re.IGNORECASE)),
+    ("LISTEN", re.compile(r"^\s*(UN)?LISTEN\b", re.IGNORECASE)),
+    ("session advisory lock", re.compile(r"pg_(try_)?advisory_lock(_shared)?\s*\(", re.I)),
+    ("PREPARE", re.compile(r"^\s*PREPARE\b", re.IGNORECASE)),
+    ("WITH HOLD cursor", re.compile(r"\bWITH\s+HOLD\b", re.IGNORECASE)),
+)
 #: At most one failover drain per this many seconds.
 FAILOVER_DRAIN_INTERVAL = 1.0
 
@@ -198,6 +207,7 @@ class PoolManager:
         self._last_drain = float("-inf")
         self._leak_deadlines: DeadlineTimer | None = None
         self._cancel_threads = 0
+        self._session_state_warned: set[str] = set()
         self._counters = dict.fromkeys(_COUNTERS, 0)
         self._last_success = float("-inf")
         self._healthy = False
@@ -820,6 +830,8 @@ class PoolManager:
         on the server in the background, so the caller's error is not delayed by the cancel.
         """
         conn = slot.conn
+        if self.settings.pgbouncer:
+            self._warn_session_state(sql)
         try:
             future = conn.send(sql, params, callproc=callproc)
         except (IndexError, KeyError, TypeError, ValueError) as exc:
@@ -886,6 +898,17 @@ class PoolManager:
         if self._leak_deadlines is not None:
             self._watch_for_leak(slot, metric_name)
         return slot, deadline, total
+
+    def _warn_session_state(self, sql: str) -> None:
+        for kind, pattern in _SESSION_STATE:
+            if kind not in self._session_state_warned and pattern.search(sql):
+                self._session_state_warned.add(kind)
+                LOGGER.warning(
+                    "pool %s: %s behind PgBouncer in transaction pooling mode: the next"
+                    " transaction may run on another server connection, without this state",
+                    self.name,
+                    kind,
+                )
 
     def _watch_for_leak(self, slot: _Slot, metric_name: str) -> None:
         assert self._leak_deadlines is not None

@@ -26,6 +26,7 @@ URL = "postgresql://app@db:5432/main"
         ("cancel_timeout", 5.0),
         ("validate_idle_after", 1.0),
         ("leak_detection_threshold", 0.0),
+        ("pgbouncer", False),
         ("enable_hstore", False),
         ("enable_json", False),
         ("enable_uuid", True),
@@ -41,7 +42,7 @@ def test_every_default(name: str, default: object) -> None:
 
 def test_no_field_is_left_without_a_default_test() -> None:
     """The parametrized default test above covers every field."""
-    assert len(dataclasses.fields(PoolSettings)) == 16
+    assert len(dataclasses.fields(PoolSettings)) == 17
 
 
 def test_sprockets_postgres_keys_map_to_fields() -> None:

@@ -8,7 +8,9 @@ PostgreSQL per test session and a fresh database per test:
 - ``postgres_url``: a superuser libpq URL on that server;
 - ``postgres_db_url``: the URL of a new, empty database, dropped after the test;
 - ``postgres_proxy``: a :class:`TcpProxy` in front of that server, for fault tests
-  (``rewrite(url)``, ``blackhole()``, ``refuse()``, ``reset()``, ``heal()``).
+  (``rewrite(url)``, ``blackhole()``, ``refuse()``, ``reset()``, ``heal()``);
+- ``pgbouncer``: a :class:`PgBouncer` (transaction pooling) in front of that server
+  (``url_for(url)``, ``stop()``, ``start()``, ``restart()``).
 
 The server comes from, in order: ``PGPOOL_TEST_DSN``; testcontainers when a Docker engine
 answers; local PostgreSQL binaries (``initdb`` + ``pg_ctl``, run as an unprivileged user
@@ -24,7 +26,9 @@ from __future__ import annotations
 
 from ._discovery import DSN_ENV, SEARCH_DIRS_ENV, SOURCE_ENV, Source
 from ._fakes import FakeConnection, FakeConnector, Script
+from ._pgbouncer import PgBouncer, PgBouncerUnavailable
 from ._plugin import (
+    pgbouncer,
     postgres_db_url,
     postgres_proxy,
     postgres_server,
@@ -46,6 +50,8 @@ __all__ = [
     "SOURCE_ENV",
     "FakeConnection",
     "FakeConnector",
+    "PgBouncer",
+    "PgBouncerUnavailable",
     "PostgresServer",
     "ProxyMode",
     "Script",
@@ -53,6 +59,7 @@ __all__ = [
     "ServerStartError",
     "Source",
     "TcpProxy",
+    "pgbouncer",
     "postgres_db_url",
     "postgres_proxy",
     "postgres_server",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from ._discovery import HOW_TO_GET_ONE
+from ._pgbouncer import PgBouncer, PgBouncerUnavailable
 from ._proxy import TcpProxy
 from ._server import PostgresServer, start_first_available
 
@@ -148,3 +149,19 @@ def postgres_proxy(postgres_server: PostgresServer) -> Iterator[TcpProxy]:
     parts = urllib.parse.urlsplit(postgres_server.url)
     with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
         yield proxy
+
+
+@pytest.fixture
+def pgbouncer(postgres_server: PostgresServer) -> Iterator[PgBouncer]:
+    """A :class:`PgBouncer` in transaction pooling mode in front of the session's server.
+
+    Skipped when pgbouncer is not installed, except when ``CI`` is set, where it fails.
+    """
+    try:
+        bouncer = PgBouncer(postgres_server.url)
+    except PgBouncerUnavailable as exc:
+        if in_ci():
+            pytest.fail(str(exc), pytrace=False)
+        pytest.skip(str(exc))
+    with bouncer:
+        yield bouncer
