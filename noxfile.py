@@ -77,7 +77,7 @@ def package(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The demo service on http://127.0.0.1:8000 (a throwaway PostgreSQL unless
     POSTGRES_URL is set). Ctrl-C stops it and removes the throwaway server."""
-    session.install("-e", ".[sprockets,testing,embedded]")
+    session.install("-e", ".[sprockets,testing,embedded,prometheus]")
     # Ctrl-C reaches the service too; give its clean shutdown time before nox escalates.
     session.run("python", "demo/service.py", interrupt_timeout=15, terminate_timeout=5)
 

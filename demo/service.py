@@ -1,4 +1,5 @@
-"""The pgpool demo: a sprockets.http service with ``/status`` and a small ``/items`` API.
+"""The pgpool demo: a sprockets.http service with ``/status``, a small ``/items`` API and
+``/metrics``.
 
 Run it with ``nox -s demo`` (or ``python demo/service.py``). It serves on
 http://127.0.0.1:8000 (``PORT`` overrides the port) against ``POSTGRES_URL`` when set,
@@ -120,12 +121,14 @@ def make_app(**settings: Any) -> Application:
     return Application(
         [
             (r"/status", pgpool_sprockets.StatusRequestHandler),
+            (r"/metrics", pgpool_sprockets.MetricsRequestHandler),
             (r"/items", ItemsHandler),
             (r"/items/(\d+)", ItemHandler),
         ],
         service="pgpool-demo",
         environment=os.environ.get("ENVIRONMENT", "development"),
         version="0.1.0",
+        postgres_prometheus=True,
         **settings,
     )
 

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg2
 import psycopg2.extensions
@@ -45,7 +45,14 @@ from .errors import (
     TooManyRequestsError,
 )
 
-__all__ = ["OnDuration", "OnError", "PoolManager", "PoolStatus", "PostgresConnector"]
+__all__ = [
+    "OnDuration",
+    "OnError",
+    "PoolManager",
+    "PoolObserver",
+    "PoolStatus",
+    "PostgresConnector",
+]
 
 LOGGER = logging.getLogger("pgpool")
 
@@ -90,6 +97,32 @@ FAILOVER_DRAIN_INTERVAL = 1.0
 RECENT_SUCCESS = 1.0
 #: Bound on the round trip status() makes when it has to check.
 STATUS_CHECK_TIMEOUT = 1.0
+
+
+class PoolObserver(Protocol):
+    """Receives the pool's events, for metrics exporters (see ``pgpool_core.otel`` and
+    ``pgpool_core.prometheus``). Called on the event loop; must not block. Sizes are read
+    from :meth:`PoolManager.stats` when needed.
+
+    .. versionadded:: 0.1
+    """
+
+    def connection_created(self, pool: PoolManager, seconds: float) -> None:
+        """A connection opened, taking ``seconds``."""
+
+    def connection_waited(self, pool: PoolManager, seconds: float) -> None:
+        """A request got a connection after ``seconds`` (0 when one was idle)."""
+
+    def connection_used(self, pool: PoolManager, seconds: float) -> None:
+        """A connection came back after being held ``seconds``."""
+
+    def acquire_timed_out(self, pool: PoolManager) -> None:
+        """A request gave up waiting for a connection (``PoolTimeoutError``)."""
+
+    def operation_finished(
+        self, pool: PoolManager, seconds: float, error: BaseException | None
+    ) -> None:
+        """A caller's statement finished after ``seconds``, failed with ``error`` if set."""
 
 
 @dataclass(eq=False)
@@ -208,6 +241,7 @@ class PoolManager:
         self._leak_deadlines: DeadlineTimer | None = None
         self._cancel_threads = 0
         self._session_state_warned: set[str] = set()
+        self._observers: tuple[PoolObserver, ...] = ()
         self._counters = dict.fromkeys(_COUNTERS, 0)
         self._last_success = float("-inf")
         self._healthy = False
@@ -220,6 +254,15 @@ class PoolManager:
             f"<PoolManager {self.name!r} state={self._state.value} size={self._size}"
             f" free={len(self._idle)} waiting={len(self._waiters)}>"
         )
+
+    # -- observers ------------------------------------------------------------------------
+
+    def add_observer(self, observer: PoolObserver) -> None:
+        """Send the pool's events to ``observer`` (metrics exporters)."""
+        self._observers = (*self._observers, observer)
+
+    def remove_observer(self, observer: PoolObserver) -> None:
+        self._observers = tuple(o for o in self._observers if o is not observer)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -436,6 +479,7 @@ class PoolManager:
         goes to the oldest waiter or the idle list. ``cutoff``: arrivals before it."""
         assert self._connector is not None
         started = self._now()
+        generation = self._generation
         try:
             conn = await self._connector.connect(self.settings.connect_timeout)
         except (Exception, asyncio.CancelledError) as exc:
@@ -449,6 +493,8 @@ class PoolManager:
         now = self._now()
         self._counters["connections_num"] += 1
         self._counters["connections_ms"] += int((now - started) * 1000)
+        for observer in self._observers:
+            observer.connection_created(self, now - started)
         self._mark_success(now)
         if not self._named:
             last_url = getattr(self._connector, "last_url", None)
@@ -463,6 +509,13 @@ class PoolManager:
         if self._state is not PoolState.OPEN:
             conn.close()
             self._size -= 1
+            return True
+        if generation != self._generation:
+            # A failover drain happened while connecting: this connection may have found
+            # the old primary. Open another one instead.
+            conn.close()
+            self._size -= 1
+            self._grow()
             return True
         expires = now + self.settings.max_lifetime * self._jitter()
         self._hand_off(_Slot(conn, now, expires, now, generation=self._generation))
@@ -523,6 +576,10 @@ class PoolManager:
 
     def _untake(self, slot: _Slot) -> None:
         self._busy_slots.discard(slot)
+        if self._observers:
+            held = self._now() - slot.acquired_at
+            for observer in self._observers:
+                observer.connection_used(self, held)
         if self._leak_deadlines is not None:
             self._leak_deadlines.discard(slot)
         if not self._busy_slots and self._drained is not None and self._state is PoolState.CLOSING:
@@ -685,6 +742,8 @@ class PoolManager:
                 )
             )
             return
+        for observer in self._observers:
+            observer.acquire_timed_out(self)
         waiter.set_exception(
             PoolTimeoutError(
                 f"pool {self.name}: no connection free within {wait:.3f} s "
@@ -885,6 +944,7 @@ class PoolManager:
         With ``timeout`` it bounds the whole call, waiting included, from one clock
         reading; without, waiting is bounded by acquire_timeout and running by query_timeout.
         """
+        asked = self._now()
         if timeout is None:
             slot = await self._acquire(None)
             total = self.settings.query_timeout
@@ -892,9 +952,13 @@ class PoolManager:
         else:
             if not timeout > 0:  # also NaN
                 raise SettingsError(f"timeout: must be > 0 seconds, got {timeout!r}")
-            deadline = self._now() + timeout
+            deadline = asked + timeout
             slot = await self._acquire(deadline)
             total = timeout
+        if self._observers:
+            waited = slot.acquired_at - asked
+            for observer in self._observers:
+                observer.connection_waited(self, max(waited, 0.0))
         if self._leak_deadlines is not None:
             self._watch_for_leak(slot, metric_name)
         return slot, deadline, total
@@ -1013,18 +1077,33 @@ class PoolManager:
                 raise
             return _swallow_or_raise(on_error, "postgres_connector", exc)
         started = self._now()
+        failure: BaseException | None = None
         try:
             result = await self._run(slot, sql, params, deadline, total, callproc=callproc)
         except BaseException as exc:
+            failure = exc
             self._release_after(slot, exc)
             if on_error is not None and isinstance(exc, (psycopg2.Error, PoolError)):
                 return _swallow_or_raise(on_error, metric_name, exc)
             raise
         finally:
-            if on_duration is not None:
-                on_duration(metric_name, self._now() - started)
+            if on_duration is not None or self._observers:
+                self._finished(metric_name, self._now() - started, failure, on_duration)
         self._release(slot)
         return result
+
+    def _finished(
+        self,
+        metric_name: str,
+        seconds: float,
+        failure: BaseException | None,
+        on_duration: OnDuration | None,
+    ) -> None:
+        """A caller's statement ended: timing hook and observers."""
+        if on_duration is not None:
+            on_duration(metric_name, seconds)
+        for observer in self._observers:
+            observer.operation_finished(self, seconds, failure)
 
     @contextlib.asynccontextmanager
     async def transaction(self, timeout: float | None = None) -> AsyncIterator[PostgresConnector]:
@@ -1190,15 +1269,20 @@ class PostgresConnector:
         deadline, total = self._deadline, self._total
         if timeout is not None and started + timeout < deadline:
             deadline, total = started + timeout, timeout
+        failure: BaseException | None = None
         try:
             result = await pool._run(self._slot, sql, params, deadline, total, callproc=callproc)
         except (psycopg2.Error, PoolError) as exc:
+            failure = exc
             if self._on_error is None:
                 raise
             return _swallow_or_raise(self._on_error, metric_name, exc)
+        except BaseException as exc:
+            failure = exc
+            raise
         finally:
-            if self._on_duration is not None:
-                self._on_duration(metric_name, pool._now() - started)
+            if self._on_duration is not None or pool._observers:
+                pool._finished(metric_name, pool._now() - started, failure, self._on_duration)
         return result
 
     @contextlib.asynccontextmanager

@@ -410,9 +410,17 @@ def second_server() -> Iterator[PostgresServer]:
 
 
 def set_read_only(server: PostgresServer, on: bool) -> None:
+    """Flip the server's default and wait until new sessions see it (a reload is async)."""
     value = "on" if on else "off"
     server.query(f"ALTER SYSTEM SET default_transaction_read_only = {value}")
     server.query("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + 10
+    while (
+        server.query("SHOW default_transaction_read_only")[0]["default_transaction_read_only"]
+        != value
+    ):
+        assert time.monotonic() < deadline, "configuration reload never took effect"
+        time.sleep(0.01)  # the server offers no notification for a finished reload
 
 
 async def test_failover_write_on_standby_drains_and_finds_the_new_primary(
@@ -470,6 +478,8 @@ async def test_rotated_password_is_picked_up_at_the_next_connect(
         postgres_server.query(f"ALTER ROLE {ROLE} PASSWORD %s", [rotated])
         current["password"] = rotated
         postgres_server.terminate_backends(database_of(app_url))
+        # pg_terminate_backend only signals: wait until the old session is gone.
+        await wait_for_condition(lambda: not postgres_server.activity(database_of(app_url)))
         assert (await pool.execute("SELECT 1 AS ok")).row == {"ok": 1}
     async with PoolManager(lambda: replace_url(app_url, password=rotated)) as pool:
         assert (await pool.execute("SELECT current_user AS u")).row == {"u": ROLE}

@@ -149,6 +149,7 @@ ROUTES: list[Any] = [
     (r"/influx", InfluxHandler),
     (r"/metrics-timing", MetricsHandler),
     (r"/status", StatusRequestHandler),
+    (r"/metrics", pgpool_tornado.MetricsRequestHandler),
 ]
 
 SCHEMA = """
@@ -425,3 +426,37 @@ def test_public_names_match_sprockets_postgres() -> None:
         "Timeout",
     ):
         assert hasattr(pgpool_tornado, name), name
+
+
+async def test_metrics_are_scraped_over_http(postgres_db_url: str) -> None:
+    """With postgres_prometheus, /metrics serves the pool's numbers in the exposition
+    format, moving with the load (no password in it)."""
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    url = postgres_db_url.replace("postgres@", "postgres:not-a-secret@")
+    app = Application(
+        ROUTES, postgres_url=url, postgres_prometheus=True, prometheus_registry=registry
+    )
+    server, base = await serve(app)
+    call = Client(base)
+    await app.postgres_start(wait=True)
+    try:
+        for _ in range(3):
+            assert (await call("/app-name")).code == 200
+        scraped = await call("/metrics")
+    finally:
+        await app.postgres_stop()
+        server.stop()
+    assert scraped.code == 200
+    assert scraped.headers["Content-Type"].startswith("text/plain; version=")
+    text = scraped.body.decode()
+    assert 'pgpool_connections{pool="127.0.0.1:' in text
+    assert "pgpool_operation_duration_seconds_count{" in text
+    count = next(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("pgpool_operation_duration_seconds_count{")
+    )
+    assert count == 3
+    assert "not-a-secret" not in text

@@ -262,3 +262,28 @@ async def test_stop_while_reconnecting_is_prompt(fake: FakeConnector) -> None:
     await until(lambda: pool.state is PoolState.RECONNECTING and backoff.delays)
     await asyncio.wait_for(pool.stop(1.0), 1.0)
     assert pool.state is PoolState.CLOSED
+
+
+async def test_connection_opened_across_a_failover_drain_is_not_used(
+    fake: FakeConnector,
+) -> None:
+    """A connect already in flight when the pool drains for failover may have reached the
+    old primary: it is closed on arrival and another one serves the request."""
+    async with PoolManager(URL, connector=fake, min_size=0, max_size=2) as pool:
+        await pool.execute("SELECT 1")  # connection 1, idle
+        held = asyncio.Event()
+        fake.on("pg_sleep", gate=held, error=psycopg2.errors.ReadOnlySqlTransaction("r/o"))
+        busy = asyncio.create_task(pool.execute("SELECT pg_sleep(1)"))  # holds 1
+        await until(lambda: fake.connections[0].statements[-1] == "SELECT pg_sleep(1)")
+        fake.gate = asyncio.Event()
+        waiting = asyncio.create_task(pool.execute("SELECT 1"))  # connect 2, gated
+        await until(lambda: fake.attempts == 2)
+        held.set()  # the write fails with 25006 on connection 1: drain, while 2 connects
+        with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+            await busy
+        fake.gate.set()
+        assert (await waiting).row == {"?column?": 1}
+        second, third = fake.connections[1], fake.connections[2]
+        assert second.closed
+        assert second.statements == []
+        assert third.statements == ["SELECT 1"]

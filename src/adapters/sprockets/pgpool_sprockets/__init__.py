@@ -25,6 +25,7 @@ from pgpool_core import (
 from pgpool_tornado import (
     ERROR_RESPONSES,
     ErrorResponse,
+    MetricsRequestHandler,
     PostgresHTTPError,
     QueryParameters,
     RequestHandlerMixin,
@@ -38,6 +39,7 @@ __all__ = [
     "ApplicationMixin",
     "ConnectionException",
     "ErrorResponse",
+    "MetricsRequestHandler",
     "PostgresConnector",
     "PostgresHTTPError",
     "QueryParameters",

@@ -38,6 +38,7 @@ __all__ = [
     "ERROR_RESPONSES",
     "ApplicationMixin",
     "ErrorResponse",
+    "MetricsRequestHandler",
     "PostgresHTTPError",
     "QueryParameters",
     "RequestHandlerMixin",
@@ -129,6 +130,10 @@ class ApplicationMixin:
         if self.postgres_pool is not None:
             return
         pool = PoolManager(settings=self.postgres_settings())
+        if self.settings.get("postgres_prometheus"):
+            from pgpool_core import prometheus
+
+            prometheus.instrument(pool, self.settings.get("prometheus_registry") or _registry())
         await pool.start(wait=wait)
         self.postgres_pool = pool
 
@@ -322,6 +327,25 @@ class RequestHandlerMixin:
             handler.finish(json.dumps(document))
             return
         super().write_error(status_code, **kwargs)  # type: ignore[misc]
+
+
+def _registry() -> Any:
+    import prometheus_client
+
+    return prometheus_client.REGISTRY
+
+
+class MetricsRequestHandler(web.RequestHandler):
+    """``GET`` -> the Prometheus exposition format of the ``prometheus_registry`` setting
+    (default: prometheus_client's global registry). Needs the ``prometheus`` extra; the
+    pool's metrics are there when the application has ``postgres_prometheus=True``."""
+
+    def get(self, *_args: Any, **_kwargs: Any) -> None:
+        import prometheus_client
+
+        registry = self.settings.get("prometheus_registry") or prometheus_client.REGISTRY
+        self.set_header("Content-Type", prometheus_client.CONTENT_TYPE_LATEST)
+        self.finish(prometheus_client.generate_latest(registry))
 
 
 class StatusRequestHandler(web.RequestHandler):

@@ -1,0 +1,147 @@
+"""OpenTelemetry metrics for a pool, under the database client semantic conventions.
+
+Needs the ``otel`` extra (``opentelemetry-api``; an SDK to export)::
+
+    from pgpool_core.otel import instrument
+    instrument(pool)  # the global MeterProvider, or instrument(pool, meter_provider=...)
+
+Instruments (attribute ``db.client.connection.pool.name`` on all connection metrics):
+``db.client.connection.count`` (``db.client.connection.state`` idle|used),
+``db.client.connection.idle.max``, ``db.client.connection.idle.min``,
+``db.client.connection.max``, ``db.client.connection.pending_requests``,
+``db.client.connection.timeouts``, ``db.client.connection.create_time``,
+``db.client.connection.wait_time``, ``db.client.connection.use_time`` (seconds), and
+``db.client.operation.duration`` (seconds; ``db.system.name=postgresql``, with
+``error.type`` and ``db.response.status_code`` (SQLSTATE) on failure).
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+
+from . import __version__
+from ._classify import sqlstate
+from ._manager import PoolManager
+
+__all__ = ["OtelObserver", "instrument"]
+
+POOL_NAME = "db.client.connection.pool.name"
+STATE = "db.client.connection.state"
+
+
+class OtelObserver:
+    """A :class:`~pgpool_core.PoolObserver` recording into OpenTelemetry instruments."""
+
+    def __init__(self, pool: PoolManager, meter: metrics.Meter) -> None:
+        self.pool = pool
+        self.create_time = meter.create_histogram(
+            "db.client.connection.create_time",
+            unit="s",
+            description="Time to create a new connection.",
+        )
+        self.wait_time = meter.create_histogram(
+            "db.client.connection.wait_time",
+            unit="s",
+            description="Time to obtain an open connection from the pool.",
+        )
+        self.use_time = meter.create_histogram(
+            "db.client.connection.use_time",
+            unit="s",
+            description="Time between borrowing and returning a connection.",
+        )
+        self.timeouts = meter.create_counter(
+            "db.client.connection.timeouts",
+            unit="{timeout}",
+            description="Requests that timed out waiting for a connection.",
+        )
+        self.operation_duration = meter.create_histogram(
+            "db.client.operation.duration",
+            unit="s",
+            description="Duration of database client operations.",
+        )
+        count = "{connection}"
+        gauges: list[tuple[str, str, str, Any]] = [
+            ("db.client.connection.count", count, "Connections by state.", self._count),
+            ("db.client.connection.idle.max", count, "Most idle connections allowed.", self._max),
+            ("db.client.connection.idle.min", count, "Fewest idle connections kept.", self._min),
+            ("db.client.connection.max", count, "Most open connections allowed.", self._max),
+            (
+                "db.client.connection.pending_requests",
+                "{request}",
+                "Waiting requests.",
+                self._pending,
+            ),
+        ]
+        for name, unit, description, observe in gauges:
+            meter.create_observable_up_down_counter(
+                name, callbacks=[_callback(observe)], unit=unit, description=description
+            )
+
+    def _attributes(self) -> dict[str, str]:
+        return {POOL_NAME: self.pool.name}
+
+    def _one(self, key: str) -> Iterable[Observation]:
+        yield Observation(self.pool.stats()[key], self._attributes())
+
+    def _max(self) -> Iterable[Observation]:
+        return self._one("pool_max")
+
+    def _min(self) -> Iterable[Observation]:
+        return self._one("pool_min")
+
+    def _pending(self) -> Iterable[Observation]:
+        return self._one("requests_waiting")
+
+    def _count(self) -> Iterable[Observation]:
+        stats = self.pool.stats()
+        idle = stats["pool_available"]
+        yield Observation(idle, {**self._attributes(), STATE: "idle"})
+        yield Observation(stats["pool_size"] - idle, {**self._attributes(), STATE: "used"})
+
+    # -- PoolObserver --------------------------------------------------------------------
+
+    def connection_created(self, pool: PoolManager, seconds: float) -> None:
+        self.create_time.record(seconds, self._attributes())
+
+    def connection_waited(self, pool: PoolManager, seconds: float) -> None:
+        self.wait_time.record(seconds, self._attributes())
+
+    def connection_used(self, pool: PoolManager, seconds: float) -> None:
+        self.use_time.record(seconds, self._attributes())
+
+    def acquire_timed_out(self, pool: PoolManager) -> None:
+        self.timeouts.add(1, self._attributes())
+
+    def operation_finished(
+        self, pool: PoolManager, seconds: float, error: BaseException | None
+    ) -> None:
+        attributes = {"db.system.name": "postgresql", POOL_NAME: pool.name}
+        if error is not None:
+            attributes["error.type"] = f"{type(error).__module__}.{type(error).__qualname__}"
+            code = sqlstate(error)
+            if code:
+                attributes["db.response.status_code"] = code
+        self.operation_duration.record(seconds, attributes)
+
+
+def _callback(observe: Any) -> Any:
+    def callback(_options: CallbackOptions) -> Iterable[Observation]:
+        return list(observe())
+
+    return callback
+
+
+def instrument(
+    pool: PoolManager, meter_provider: metrics.MeterProvider | None = None
+) -> OtelObserver:
+    """Record ``pool``'s metrics with ``meter_provider`` (default: the global one)."""
+    provider = meter_provider or metrics.get_meter_provider()
+    observer = OtelObserver(pool, provider.get_meter("pgpool", __version__))
+    pool.add_observer(observer)
+    return observer

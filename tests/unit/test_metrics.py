@@ -1,0 +1,129 @@
+"""Metrics: OpenTelemetry semantic-convention names and units (in-memory reader), and the
+same numbers for Prometheus; values move under a small load with waits and a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg2.errors
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from prometheus_client import CollectorRegistry, generate_latest
+
+from pgpool_core import PoolManager, PoolTimeoutError, otel, prometheus
+from pgpool_core.testing import FakeConnector
+
+URL = "postgresql://app:s3cret@db:5432/main"
+
+#: name -> unit, exactly as the database client semantic conventions define them.
+SEMCONV = {
+    "db.client.connection.count": "{connection}",
+    "db.client.connection.idle.max": "{connection}",
+    "db.client.connection.idle.min": "{connection}",
+    "db.client.connection.max": "{connection}",
+    "db.client.connection.pending_requests": "{request}",
+    "db.client.connection.timeouts": "{timeout}",
+    "db.client.connection.create_time": "s",
+    "db.client.connection.wait_time": "s",
+    "db.client.connection.use_time": "s",
+    "db.client.operation.duration": "s",
+}
+
+
+async def small_load(pool: PoolManager, fake: FakeConnector) -> None:
+    """Two requests wait behind a held connection, one times out, one SQL error."""
+    gate = asyncio.Event()
+    fake.on("pg_sleep", gate=gate)
+    fake.on("^INSERT", error=psycopg2.errors.UniqueViolation("duplicate"))
+    holder = asyncio.create_task(pool.execute("SELECT pg_sleep(1)"))
+    for _ in range(100):
+        await asyncio.sleep(0)
+    with pytest.raises(PoolTimeoutError):
+        await pool.execute("SELECT 1", timeout=0.01)
+    waiter = asyncio.create_task(pool.execute("SELECT 1"))
+    for _ in range(100):
+        await asyncio.sleep(0)
+    gate.set()
+    await asyncio.gather(holder, waiter)
+    with pytest.raises(psycopg2.errors.UniqueViolation):
+        await pool.execute("INSERT INTO t VALUES (1)")
+
+
+def points(reader: InMemoryMetricReader) -> dict[str, Any]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    found: dict[str, Any] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                found[metric.name] = metric
+    return found
+
+
+async def test_otel_names_units_and_values() -> None:
+    """Every semantic-convention instrument exists with its unit and pool name attribute;
+    waits, a timeout, creations and an operation error are recorded."""
+    reader = InMemoryMetricReader()
+    fake = FakeConnector()
+    async with PoolManager(URL, connector=fake, min_size=0, max_size=1) as pool:
+        otel.instrument(pool, MeterProvider(metric_readers=[reader]))
+        await small_load(pool, fake)
+        found = points(reader)
+    assert {name: found[name].unit for name in SEMCONV} == SEMCONV
+    assert set(found) == set(SEMCONV)
+    count = {
+        p.attributes["db.client.connection.state"]: p.value
+        for p in found["db.client.connection.count"].data.data_points
+    }
+    assert count == {"idle": 1, "used": 0}
+    assert all(
+        p.attributes["db.client.connection.pool.name"] == "db:5432/main"
+        for p in found["db.client.connection.count"].data.data_points
+    )
+    (timeouts,) = found["db.client.connection.timeouts"].data.data_points
+    assert timeouts.value == 1
+    (created,) = found["db.client.connection.create_time"].data.data_points
+    assert created.count == 1
+    (waited,) = found["db.client.connection.wait_time"].data.data_points
+    assert waited.count == 3  # holder, waiter, the failing INSERT (the timeout never got one)
+    assert waited.max > 0
+    operations = {
+        tuple(sorted(p.attributes.items())): p.count
+        for p in found["db.client.operation.duration"].data.data_points
+    }
+    failed = (
+        ("db.client.connection.pool.name", "db:5432/main"),
+        ("db.response.status_code", "23505"),
+        ("db.system.name", "postgresql"),
+        ("error.type", "psycopg2.errors.UniqueViolation"),
+    )
+    assert operations[failed] == 1
+    ok = (("db.client.connection.pool.name", "db:5432/main"), ("db.system.name", "postgresql"))
+    assert operations[ok] == 2
+    (maximum,) = found["db.client.connection.max"].data.data_points
+    assert maximum.value == 1
+
+
+async def test_prometheus_exposition_has_the_same_numbers() -> None:
+    """Gauges at scrape time and histograms/counters from events, labelled by pool."""
+    registry = CollectorRegistry()
+    fake = FakeConnector()
+    async with PoolManager(URL, connector=fake, min_size=0, max_size=1) as pool:
+        prometheus.instrument(pool, registry)
+        prometheus.instrument(pool, registry)  # idempotent
+        await small_load(pool, fake)
+        text = generate_latest(registry).decode()
+    assert 'pgpool_connections{pool="db:5432/main",state="idle"} 1.0' in text
+    assert 'pgpool_connections{pool="db:5432/main",state="used"} 0.0' in text
+    assert 'pgpool_connections_max{pool="db:5432/main"} 1.0' in text
+    assert 'pgpool_pending_requests{pool="db:5432/main"} 0.0' in text
+    assert 'pgpool_connection_timeouts_total{pool="db:5432/main"} 1.0' in text
+    assert 'pgpool_connection_wait_seconds_count{pool="db:5432/main"} 3.0' in text
+    assert 'pgpool_connection_create_seconds_count{pool="db:5432/main"} 1.0' in text
+    assert (
+        'pgpool_operation_duration_seconds_count{error_type="UniqueViolation",'
+        'pool="db:5432/main",status_code="23505"} 1.0'
+    ) in text
+    assert "s3cret" not in text
