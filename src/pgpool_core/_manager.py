@@ -810,28 +810,26 @@ class PoolManager:
         self._returning -= 1
         self._release(slot)
 
-    async def _settle(self, slot: _Slot, *, returning: bool = True, discard: bool = False) -> None:
+    async def _settle(self, slot: _Slot, *, discard: bool = False) -> None:
         """Cancel the running statement server-side (bounded), then release or discard.
 
-        ``returning``: the slot was counted in ``_returning`` when this task was spawned.
+        The slot was counted in ``_returning`` when this task was spawned.
         """
         conn = slot.conn
         settled = not conn.is_busy()
         if not settled and self._cancel_threads < self.settings.max_size + 2:
             bound = self.settings.cancel_timeout
             idle = conn.wait_until_idle()
-            # It may fail after we stop waiting (the connection closes): retrieve it then.
+            # Its error, if any, is not ours to raise (the caller already got one), and it
+            # may come after we stop waiting (the connection closes): retrieve it then.
             idle.add_done_callback(_consume)
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(self._cancel_in_thread(conn), bound)
                 await asyncio.wait((idle,), timeout=bound)
-            if idle.done() and not idle.cancelled():
-                idle.exception()  # retrieved: the caller already got its error
             settled = not conn.is_busy()
         if discard or not settled:
             conn.close()
-        if returning:
-            self._returning -= 1
+        self._returning -= 1
         self._release(slot, bad=discard or not settled)
 
     def _cancel_in_thread(self, conn: DriverConnection) -> asyncio.Future[None]:
