@@ -11,7 +11,7 @@ import asyncio
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import psycopg2
@@ -31,6 +31,8 @@ from pgpool_core import (
 from pgpool_core.testing import PostgresServer, TcpProxy, start_first_available
 from pgpool_core.testing._server import replace_url
 
+from db_support import database_of, wait_for_condition
+
 SECRET = "pw-Fault-7c1e5d"
 ROLE = "pgpool_app"
 
@@ -38,21 +40,6 @@ ROLE = "pgpool_app"
 def report(name: str, **numbers: float) -> None:
     shown = ", ".join(f"{k}={v:.3f}" for k, v in numbers.items())
     print(f"\n[{name}] {shown}")
-
-
-async def wait_for_condition(check: Callable[[], bool], timeout: float = 5.0) -> float:
-    """Re-check a server-side condition until it holds (the server cannot notify us)."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    while not await asyncio.to_thread(check):
-        if loop.time() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.01)
-    return loop.time() - started
-
-
-def database_of(url: str) -> str:
-    return url.rsplit("/", 1)[1].split("?", 1)[0]
 
 
 def grant_app_role(server: PostgresServer, database: str, password: str = SECRET) -> None:

@@ -14,9 +14,7 @@ import pytest
 from pgpool_core import PoolManager, QueryTimeoutError
 from pgpool_core.testing import PgBouncer, PostgresServer
 
-
-def database_of(url: str) -> str:
-    return url.rsplit("/", 1)[1].split("?", 1)[0]
+from db_support import database_of, wait_for_condition
 
 
 @pytest.fixture
@@ -55,11 +53,12 @@ async def test_timeout_is_cancelled_through_pgbouncer_and_leaves_no_session_stat
         await pool.execute("SELECT pg_sleep(10)", timeout=0.3)
     assert time.monotonic() - started < 0.6
     db = database_of(postgres_db_url)
-    for _ in range(100):
+
+    def sleep_ended() -> bool:
         running = [r for r in postgres_server.activity(db) if "pg_sleep" in (r["query"] or "")]
-        if not running or running[0]["state"] != "active":
-            break
-        await asyncio.sleep(0.01)
+        return not running or running[0]["state"] != "active"
+
+    await wait_for_condition(sleep_ended, timeout=1.0)
     assert not [r for r in postgres_server.activity(db) if r["state"] == "active"]
     shown = await asyncio.gather(*(pool.execute("SHOW statement_timeout") for _ in range(8)))
     assert {r.row["statement_timeout"] for r in shown if r.row} == {"0"}

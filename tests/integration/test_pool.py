@@ -6,7 +6,7 @@ import asyncio
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import psycopg2
 import psycopg2.errors
@@ -25,24 +25,7 @@ from pgpool_core import (
 )
 from pgpool_core.testing import PostgresServer
 
-
-async def wait_for_condition(check: Callable[[], bool], timeout: float = 5.0) -> float:
-    """Re-check a server-side condition until it holds; returns the seconds it took.
-
-    The server offers no notification for pg_stat_activity changes, so this re-queries,
-    yielding to the loop between checks, bounded by ``timeout``.
-    """
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    while not await asyncio.to_thread(check):
-        if loop.time() - started > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.01)
-    return loop.time() - started
-
-
-def database_of(url: str) -> str:
-    return url.rsplit("/", 1)[1].split("?", 1)[0]
+from db_support import database_of, wait_for_condition
 
 
 @pytest.fixture

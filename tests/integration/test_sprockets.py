@@ -157,18 +157,3 @@ class TestDatabaseDownAtBoot(SprocketsCase):
         assert codes[-1] == 200
         assert time.monotonic() - healed < 1.5
         assert self.fetch("/status").code == 200
-
-
-def test_same_public_names_as_the_tornado_adapter() -> None:
-    """pgpool_sprockets offers every name of sprockets-postgres."""
-    for name in (
-        "ApplicationMixin",
-        "RequestHandlerMixin",
-        "StatusRequestHandler",
-        "PostgresConnector",
-        "QueryResult",
-        "ConnectionException",
-        "QueryParameters",
-        "Timeout",
-    ):
-        assert hasattr(pgpool_sprockets, name), name

@@ -13,6 +13,7 @@ import psycopg2
 import pytest
 from tornado import httpclient, httpserver, web
 
+import pgpool_sprockets
 import pgpool_tornado
 from pgpool_core import PoolState
 from pgpool_core.testing import PostgresServer
@@ -22,6 +23,8 @@ from pgpool_tornado import (
     RequestHandlerMixin,
     StatusRequestHandler,
 )
+
+from db_support import database_of, wait_for_condition
 
 
 class Application(ApplicationMixin, web.Application):
@@ -274,10 +277,9 @@ async def test_pool_exhausted_is_503_database_busy_with_retry_after(
     holders = [asyncio.create_task(call("/hold")) for _ in range(3)]
     assert app.postgres_pool is not None
     pool = app.postgres_pool
-    for _ in range(1000):
-        if pool.stats()["pool_available"] == 0 and pool.stats()["pool_size"] == 3:
-            break
-        await asyncio.sleep(0.01)
+    await wait_for_condition(
+        lambda: pool.stats()["pool_available"] == 0 and pool.stats()["pool_size"] == 3
+    )
     busy = await call("/items")
     status = await call("/status")
     HoldHandler.release.set()
@@ -401,20 +403,19 @@ async def test_recovers_after_pg_terminate_backend(
     """Once the server has killed every backend, the next request still answers 200."""
     app, call = app_and_client
     assert (await call("/items")).code == 200
-    database = postgres_db_url.rsplit("/", 1)[1]
+    database = database_of(postgres_db_url)
     killed = postgres_server.terminate_backends(database)
     assert killed >= 1
-    for _ in range(500):  # pg_terminate_backend only signals: wait until they are gone
-        if not await asyncio.to_thread(postgres_server.activity, database):
-            break
-        await asyncio.sleep(0.01)
+    # pg_terminate_backend only signals: wait until they are gone.
+    await wait_for_condition(lambda: not postgres_server.activity(database))
     assert (await call("/items")).code == 200
     assert app.postgres_pool is not None
     assert app.postgres_pool.state is PoolState.OPEN
 
 
-def test_public_names_match_sprockets_postgres() -> None:
-    """The names sprockets-postgres users import exist here too."""
+@pytest.mark.parametrize("adapter", [pgpool_tornado, pgpool_sprockets])
+def test_public_names_match_sprockets_postgres(adapter: object) -> None:
+    """The names sprockets-postgres users import exist in both adapters."""
     for name in (
         "ApplicationMixin",
         "RequestHandlerMixin",
@@ -425,7 +426,7 @@ def test_public_names_match_sprockets_postgres() -> None:
         "QueryParameters",
         "Timeout",
     ):
-        assert hasattr(pgpool_tornado, name), name
+        assert hasattr(adapter, name), name
 
 
 async def test_metrics_are_scraped_over_http(postgres_db_url: str) -> None:

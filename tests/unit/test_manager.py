@@ -21,23 +21,7 @@ from pgpool_core import (
 )
 from pgpool_core.testing import FakeConnector
 
-URL = "postgresql://app:s3cret@db:5432/main"
-
-
-async def until(condition: object, limit: int = 10_000) -> None:
-    """Spin the loop (no sleeping) until ``condition()`` holds."""
-    for _ in range(limit):
-        if condition():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
-
-
-@pytest.fixture
-def fake() -> FakeConnector:
-    connector = FakeConnector()
-    connector.on(r"^SELECT 1", rows=[{"?column?": 1}])
-    return connector
+from fake_support import URL, until
 
 
 @pytest.fixture

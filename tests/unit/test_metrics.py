@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from pgpool_core import PoolManager, PoolTimeoutError, otel, prometheus
 from pgpool_core.testing import FakeConnector
 
-URL = "postgresql://app:s3cret@db:5432/main"
+from fake_support import URL
 
 #: name -> unit, exactly as the database client semantic conventions define them.
 SEMCONV = {
