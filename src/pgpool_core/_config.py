@@ -340,7 +340,8 @@ def _validate_url(url: str) -> None:
         raise SettingsError(f"url: {shown!r} is not a valid libpq URL or DSN ({why})") from None
     for port in filter(None, info.get("port", "").split(",")):
         if not port.isdigit() or not 0 < int(port) < 65536:
-            shown_port = _redact_text(repr(port), url)
+            # Redact before repr(): repr escapes characters (\r, \t...) a password may hold.
+            shown_port = repr(_redact_text(port, url))
             raise SettingsError(f"url: invalid port {shown_port} in {redact_dsn(url)!r}")
 
 

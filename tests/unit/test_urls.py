@@ -6,7 +6,7 @@ import re
 import string
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pgpool_core import ConfigurationError, PoolSettings, SettingsError, SrvRecord, redact_dsn
@@ -100,6 +100,7 @@ _text = st.text(alphabet=string.printable + "éß\u2028\x00", max_size=60)
 
 
 @settings(max_examples=300, deadline=None)
+@example(scheme="postgresql", user=":@", host="\r@", rest="")  # a port quoting the password
 @given(
     scheme=st.sampled_from(
         ["postgresql", "postgres", "postgresql+srv", "aws+srv", "mysql", "http", "", "x+srv"]
