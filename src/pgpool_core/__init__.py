@@ -21,6 +21,7 @@ from ._retry import RetryPolicy
 from ._srv import SrvRecord, SrvResolver
 from ._state import PoolState
 from .errors import (
+    CommitUnknownError,
     ConfigurationError,
     ConnectionException,
     PoolClosedError,
@@ -31,12 +32,14 @@ from .errors import (
     QueryTimeoutError,
     SettingsError,
     TooManyRequestsError,
+    TransactionRolledBackError,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AiopgConnector",
+    "CommitUnknownError",
     "ConfigurationError",
     "ConnectionException",
     "Connector",
@@ -62,6 +65,7 @@ __all__ = [
     "SrvRecord",
     "SrvResolver",
     "TooManyRequestsError",
+    "TransactionRolledBackError",
     "TxStatus",
     "UrlSource",
     "__version__",

@@ -13,11 +13,13 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from .errors import (
+    CommitUnknownError,
     ConnectionException,
     PoolTimeoutError,
     PoolUnavailableError,
     QueryTimeoutError,
     TooManyRequestsError,
+    TransactionRolledBackError,
 )
 
 __all__ = ["ErrorKind", "classify", "sqlstate"]
@@ -38,6 +40,9 @@ class ErrorKind(enum.Enum):
     FOREIGN_KEY_VIOLATION = "foreign_key_violation"  # 23503
     #: Serialization failure (40001) or deadlock (40P01): the transaction may succeed if rerun.
     TRANSACTION_CONFLICT = "transaction_conflict"
+    #: COMMIT was sent and its answer lost: the transaction may have committed. Never
+    #: retry blindly (``CommitUnknownError``).
+    COMMIT_UNKNOWN = "commit_unknown"
     #: Another psycopg2.OperationalError (server-side trouble, not the query's fault).
     OPERATIONAL = "operational"
     #: Any other database error (bad SQL, data errors, constraint violations...).
@@ -105,9 +110,17 @@ _CLASS_CODES = _class_codes()
 def classify(exc: BaseException) -> ErrorKind:
     """Classify an exception raised by pgpool or by a query through it.
 
+    A :class:`TransactionRolledBackError` is classified as the failure that doomed the
+    transaction (a transaction rolled back by a unique violation is a unique violation).
+
     >>> classify(PoolTimeoutError("busy"))
     <ErrorKind.POOL_EXHAUSTED: 'pool_exhausted'>
     """
+    if isinstance(exc, TransactionRolledBackError):
+        first = exc.first_error
+        return ErrorKind.DATABASE if first is None else classify(first)
+    if isinstance(exc, CommitUnknownError):
+        return ErrorKind.COMMIT_UNKNOWN
     if isinstance(exc, QueryTimeoutError):
         return ErrorKind.QUERY_TIMEOUT
     if isinstance(exc, (PoolTimeoutError, TooManyRequestsError)):

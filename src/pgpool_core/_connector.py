@@ -20,7 +20,7 @@ import os
 import random
 import select
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
@@ -28,9 +28,9 @@ import aiopg
 import psycopg2
 import psycopg2.extensions
 
-from ._config import _validate_url
+from ._redact import first_line, is_srv, passwords_in, scrub, validate_url
 from ._result import QueryResult
-from ._srv import SrvResolver, is_srv_url, srv_query_name, srv_to_url
+from ._srv import SrvResolver, srv_query_name, srv_to_url
 from .errors import ConfigurationError, SettingsError
 
 __all__ = ["AiopgConnector", "Connector", "DriverConnection", "TxStatus", "UrlSource"]
@@ -76,6 +76,11 @@ class DriverConnection(Protocol):
 
     def result(self) -> QueryResult:
         """The result of the statement whose future completed."""
+
+    def status_message(self) -> str | None:
+        """The command tag of the statement whose future completed (``COMMIT``,
+        ``ROLLBACK``, ``INSERT 0 1``...): local, no round trip. PostgreSQL answers COMMIT
+        in a failed transaction with ``ROLLBACK`` and no error."""
 
     def cancel(self) -> None:
         """Ask the server to cancel the running statement. Blocking: run off the loop."""
@@ -169,6 +174,10 @@ class AiopgConnection:
             return QueryResult(max(cursor.rowcount, 0), [])
         names: Sequence[str] = [column[0] for column in description]
         return QueryResult.from_cursor(names, cursor.fetchall(), cursor.rowcount)
+
+    def status_message(self) -> str | None:
+        message = self._cursor.statusmessage
+        return None if message is None else str(message)
 
     def cancel(self) -> None:
         self.prepare_cancel()()
@@ -276,10 +285,9 @@ class AiopgConnector:
         self._secrets: set[str] = set()
 
     def redact(self, text: str) -> str:
-        """``text`` without any password this connector has used."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        """``text`` without any password this connector has used (as written, or as
+        repr() or a URL escapes it)."""
+        return scrub(text, self._secrets)
 
     async def connect(self, timeout: float) -> AiopgConnection:
         """Open one connection, each host attempt bounded by ``timeout`` seconds.
@@ -311,20 +319,25 @@ class AiopgConnector:
                     return await self._connect_once(dsn, attempt, timeout)
                 except (psycopg2.Error, OSError, asyncio.TimeoutError) as exc:
                     message = self.redact(_first_line(exc))
-                    if len(targets) == 1 and len(passes) == 1:
-                        raise _typed(exc, message) from None
-                    failures.append(f"{target}: {message}")
-                    if any(marker in message for marker in _STOP_TRYING):
-                        raise ConfigurationError("; ".join(failures)) from None
+                    error = _typed(exc, message)
+                # Raised outside the except block, so the driver's unredacted error does
+                # not ride along as __context__.
+                if len(targets) == 1 and len(passes) == 1:
+                    raise error
+                failures.append(f"{target}: {message}")
+                if any(marker in message for marker in _STOP_TRYING):
+                    raise ConfigurationError("; ".join(failures))
         raise psycopg2.OperationalError("; ".join(failures))
 
     async def _evaluate(self, deadline: float) -> tuple[str, dict[str, Any]]:
         """The DSN and keyword arguments for this connect (callables evaluated, SRV resolved)."""
         loop = asyncio.get_running_loop()
+        failure: str | None = None
         try:
             url = await _evaluate(self._url, deadline - loop.time())
-            _validate_url(url)
-            if is_srv_url(url):
+            self._remember(passwords_in(url))
+            validate_url(url)
+            if is_srv(url):
                 resolver = self._srv_resolver or SrvResolver()
                 name = srv_query_name(url)
                 records = await asyncio.wait_for(
@@ -335,15 +348,19 @@ class AiopgConnector:
             info = psycopg2.extensions.parse_dsn(url)
             if self._password is not None:
                 kwargs["password"] = await _evaluate(self._password, deadline - loop.time())
-                self._secrets.add(kwargs["password"])
-            if info.get("password"):
-                self._secrets.add(info["password"])
+                self._remember([kwargs["password"]])
+            self._remember([info.get("password", "")])
             if self._application_name and "application_name" not in info:
                 kwargs["application_name"] = self._application_name
         except SettingsError as exc:
-            raise ConfigurationError(self.redact(str(exc))) from None
+            failure = self.redact(str(exc))
+        if failure is not None:  # outside the except block: no __context__
+            raise ConfigurationError(failure)
         self.last_url = url
         return url, kwargs
+
+    def _remember(self, secrets: Iterable[str]) -> None:
+        self._secrets.update(secret for secret in secrets if secret)
 
     async def _connect_once(
         self, dsn: str, kwargs: dict[str, Any], timeout: float
@@ -387,10 +404,7 @@ async def _awaited(value: Awaitable[str]) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if isinstance(exc, asyncio.TimeoutError) and not text:
-        return "timed out"
-    return " ".join(line.strip() for line in text.splitlines()) or type(exc).__name__
+    return first_line(exc)
 
 
 def _typed(exc: BaseException, message: str) -> BaseException:

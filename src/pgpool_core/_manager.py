@@ -27,13 +27,16 @@ import psycopg2
 import psycopg2.extensions
 
 from ._classify import sqlstate
-from ._config import PoolSettings, _redact_text, redact_dsn
+from ._config import PoolSettings
 from ._connector import AiopgConnector, Connector, DriverConnection, TxStatus, UrlSource
 from ._result import QueryResult
 from ._retry import RetryPolicy
 from ._state import PoolState, transition
+from ._statements import Deadline, check_timeout
 from ._timers import DeadlineTimer
+from ._transaction import BEGIN_WITH_XID, await_answer, refuse_commit, resolve_xid
 from .errors import (
+    CommitUnknownError,
     ConfigurationError,
     PoolClosedError,
     PoolError,
@@ -43,6 +46,7 @@ from .errors import (
     QueryTimeoutError,
     SettingsError,
     TooManyRequestsError,
+    TransactionRolledBackError,
 )
 
 __all__ = [
@@ -131,8 +135,11 @@ class _Slot:
     created: float
     expires: float
     last_used: float
-    # The future the caller awaits for the running statement (failed by the deadline timer).
-    waiting: asyncio.Future[None] | None = None
+    # The future the caller awaits for the running statement (failed by the deadline timer
+    # or by stop()).
+    running: asyncio.Future[None] | None = None
+    # Once the caller stopped waiting: the running statement's real end (result or error).
+    outcome: asyncio.Future[None] | None = None
     acquired_at: float = 0.0
     # Bumped on failover: connections of an older generation are not reused.
     generation: int = 0
@@ -231,7 +238,11 @@ class PoolManager:
         # demand they will meet is not demand for new connections.
         self._returning = 0
         self._busy_slots: set[_Slot] = set()  # checked out, or on their way back
-        self._drained: asyncio.Event | None = None
+        # stop(): the pool-owned shutdown task, its deadline (only ever brought forward) and
+        # the future it sleeps on (woken when the pool drains or the deadline moves).
+        self._shutdown: asyncio.Task[None] | None = None
+        self._stop_at = 0.0
+        self._stop_wake: asyncio.Future[str] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._maintenance: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
@@ -247,7 +258,6 @@ class PoolManager:
         self._healthy = False
         self._last_error: str | None = None
         self._names = itertools.count(1)
-        self._closed_event: asyncio.Event | None = None
 
     def __repr__(self) -> str:
         return (
@@ -307,8 +317,6 @@ class PoolManager:
         self._run_deadlines = DeadlineTimer(self._loop, self._now, _expire_run)
         if self.settings.leak_detection_threshold > 0:
             self._leak_deadlines = DeadlineTimer(self._loop, self._now, self._report_leak)
-        self._closed_event = asyncio.Event()
-        self._drained = asyncio.Event()
         if not wait:
             # With wait, wait_ready's request starts the first connects itself, so their
             # failure is its failure (see _connect_failed).
@@ -346,19 +354,34 @@ class PoolManager:
     async def stop(self, timeout: float = 5.0) -> None:
         """Refuse new work at once, let work in flight finish until ``timeout``, then close.
 
-        Statements still running at the deadline are cancelled on the server. Idempotent;
-        returns within ``timeout`` plus the cancel bound.
+        Statements still running at the deadline are cancelled on the server; whatever still
+        holds a connection ``min(cancel_timeout, 1 s)`` later has its connection closed. So
+        stop() returns within ``timeout + min(cancel_timeout, 1 s)``, plus the few loop
+        iterations its tasks take to unwind.
+
+        The shutdown runs in a task the pool owns: a stop() that is itself cancelled (say,
+        under ``asyncio.wait_for``) still completes it. Idempotent: a later stop() waits for
+        the same shutdown, bringing its deadline forward to its own ``timeout`` if sooner.
         """
-        if self._state in (PoolState.CLOSING, PoolState.CLOSED):
-            if self._closed_event is not None:
-                await self._closed_event.wait()
+        state = self._state
+        if state is PoolState.NEW:
+            self._state = transition(state, PoolState.CLOSED)
             return
-        if self._state is PoolState.NEW:
-            self._state = transition(self._state, PoolState.CLOSED)
+        if state is PoolState.CLOSED:
             return
+        stop_at = self._now() + timeout
+        if self._shutdown is None:
+            self._begin_stop(stop_at)
+        elif stop_at < self._stop_at:
+            self._stop_at = stop_at
+            self._wake_stop("moved")
+        assert self._shutdown is not None
+        await asyncio.shield(self._shutdown)
+
+    def _begin_stop(self, stop_at: float) -> None:
+        """Refuse new work now (no await), then run the rest of the shutdown in a task."""
         self._state = transition(self._state, PoolState.CLOSING)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        self._stop_at = stop_at
         waiters, self._waiters = self._waiters, collections.deque()
         for waiter in waiters:
             if not waiter.done():
@@ -368,11 +391,14 @@ class PoolManager:
         for slot in list(self._idle):
             self._discard(slot, bad=False)
         self._idle.clear()
+        self._shutdown = asyncio.get_running_loop().create_task(
+            self._shut_down(), name=f"pgpool-stop-{self.name}"
+        )
+
+    async def _shut_down(self) -> None:
         # In-flight work returns its connections through _release, which closes them now.
-        assert self._drained is not None
-        if self._in_use:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), max(deadline - loop.time(), 0))
+        await self._wait_drained()
+        cancel_bound = min(self.settings.cancel_timeout, 1.0)
         if self._in_use:
             LOGGER.warning(
                 "pool %s: %d connection(s) still in use at stop; cancelling",
@@ -380,39 +406,50 @@ class PoolManager:
                 self._in_use,
             )
             self._abort_in_flight()
-            # The callers' own release paths now cancel their statements server-side
-            # (bounded by cancel_timeout); give them that long, at most 1 s.
-            await asyncio.sleep(0)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._drained.wait(), min(self.settings.cancel_timeout, 1.0))
+            # The callers' own paths now cancel their statements server-side; give them
+            # cancel_bound, then cut whatever still hangs (a lost cancel).
+            self._stop_at = self._now() + cancel_bound
+            await self._wait_drained()
             for slot in list(self._busy_slots):
-                slot.conn.close()  # whatever still hangs (cancel lost): cut it
+                slot.conn.close()
         tasks = [t for t in self._tasks if not t.done()]
-        for task in tasks:
-            if task.get_name().startswith(("pgpool-connect", "pgpool-reconnect")):
-                task.cancel()
         if self._maintenance is not None:
             tasks.append(self._maintenance)
+        for task in tasks:
+            task.cancel()  # connects, and settles stuck behind a lost cancel
         if tasks:
-            # Settles are bounded by cancel_timeout; never wait past the caller's deadline
-            # by more than that.
-            await asyncio.wait(tasks, timeout=min(self.settings.cancel_timeout, 1.0))
+            await asyncio.wait(tasks, timeout=cancel_bound)
         for timers in (self._wait_deadlines, self._run_deadlines, self._leak_deadlines):
             if timers is not None:
                 timers.close()
         self._state = transition(self._state, PoolState.CLOSED)
-        assert self._closed_event is not None
-        self._closed_event.set()
+
+    async def _wait_drained(self) -> None:
+        """Until no connection is in use or ``_stop_at`` passes (stop() may move it sooner)."""
+        loop = asyncio.get_running_loop()
+        while self._in_use:
+            wake: asyncio.Future[str] = loop.create_future()
+            self._stop_wake = wake
+            timer = loop.call_later(max(self._stop_at - self._now(), 0), _resolve, wake, "due")
+            try:
+                if await wake == "due":
+                    return
+            finally:
+                timer.cancel()
+                self._stop_wake = None
+
+    def _wake_stop(self, why: str) -> None:
+        if self._stop_wake is not None:
+            _resolve(self._stop_wake, why)
 
     def _abort_in_flight(self) -> None:
         """At the stop deadline: fail every statement still awaited (its caller then
         releases the connection, which cancels the statement on the server) and close
         connections held idle by callers (they find them closed)."""
         for slot in list(self._busy_slots):
-            waiting = slot.waiting
-            if waiting is not None and not waiting.done():
-                waiting.set_exception(_Stopped())
-            elif not slot.conn.is_busy():
+            if _interrupt(slot, _Stopped()):
+                continue
+            if not slot.conn.is_busy():
                 slot.conn.close()
             # else: already settling or rolling back in an owned task
 
@@ -554,7 +591,8 @@ class PoolManager:
         self._grow()
 
     def _describe(self, exc: BaseException) -> str:
-        text = _describe(exc, self.settings.url)
+        password = self._password if isinstance(self._password, str) else ""
+        text = _describe(exc, self.settings.url, password)
         redact = getattr(self._connector, "redact", None)
         return str(redact(text)) if redact is not None else text
 
@@ -582,8 +620,8 @@ class PoolManager:
                 observer.connection_used(self, held)
         if self._leak_deadlines is not None:
             self._leak_deadlines.discard(slot)
-        if not self._busy_slots and self._drained is not None and self._state is PoolState.CLOSING:
-            self._drained.set()
+        if not self._busy_slots and self._state is PoolState.CLOSING:
+            self._wake_stop("drained")
 
     def _hand_off(self, slot: _Slot) -> None:
         """Give a free connection to the oldest live waiter, else make it idle (FIFO fairness)."""
@@ -716,7 +754,7 @@ class PoolManager:
             max(wait_until - self._now(), 0.001),
         )
         try:
-            await self._run(slot, "SELECT 1", None, self._now() + bound, bound)
+            await self._run(slot, "SELECT 1", None, Deadline.after(self._now(), bound))
         except (psycopg2.Error, QueryTimeoutError):
             slot.conn.close()  # also ends a statement still running: nothing to settle
             self._untake(slot)
@@ -797,8 +835,9 @@ class PoolManager:
 
     async def _rollback(self, slot: _Slot) -> None:
         """``ROLLBACK`` on ``slot``, bounded by cancel_timeout."""
-        bound = self.settings.cancel_timeout
-        await self._run(slot, "ROLLBACK", None, self._now() + bound, bound)
+        await self._run(
+            slot, "ROLLBACK", None, Deadline.after(self._now(), self.settings.cancel_timeout)
+        )
 
     async def _rollback_then_release(self, slot: _Slot) -> None:
         try:
@@ -816,17 +855,15 @@ class PoolManager:
         The slot was counted in ``_returning`` when this task was spawned.
         """
         conn = slot.conn
-        settled = not conn.is_busy()
-        if not settled and self._cancel_threads < self.settings.max_size + 2:
-            bound = self.settings.cancel_timeout
-            idle = conn.wait_until_idle()
-            # Its error, if any, is not ours to raise (the caller already got one), and it
-            # may come after we stop waiting (the connection closes): retrieve it then.
-            idle.add_done_callback(_consume)
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(self._cancel_in_thread(conn), bound)
-                await asyncio.wait((idle,), timeout=bound)
-            settled = not conn.is_busy()
+        # The statement's end: caught when the caller stopped waiting, else from now on.
+        # Its error, if any, is not ours to raise (the caller already got one).
+        ended = slot.outcome or conn.wait_until_idle()
+        slot.outcome = None
+        ended.add_done_callback(_consume)
+        try:
+            settled = await self._cancel_statement(conn, ended)
+        except asyncio.CancelledError:  # stop() cuts what is left
+            settled = False
         if discard or not settled:
             conn.close()
         self._returning -= 1
@@ -876,47 +913,54 @@ class PoolManager:
         slot: _Slot,
         sql: str,
         params: Any,
-        deadline: float,
-        total: float,
+        deadline: Deadline,
         *,
         callproc: bool = False,
     ) -> QueryResult:
-        """Run one statement on ``slot`` until ``deadline``.
+        """Run one statement on ``slot`` until ``deadline``; what it raises is what happened.
 
-        On expiry the statement keeps running (``conn.is_busy()``); releasing the slot cancels it
-        on the server in the background, so the caller's error is not delayed by the cancel.
+        Nothing is sent once the deadline has passed. On expiry inside a transaction the
+        caller hears at once (the transaction can no longer commit; releasing the slot
+        cancels the statement and rolls back). Outside one, the server's answer to the
+        cancel decides: cancelled raises :class:`QueryTimeoutError`, a statement that
+        completed first returns its result, an error is raised as is.
         """
         conn = slot.conn
+        if "\x00" in sql:
+            raise QueryParameterError(
+                "statement text contains a NUL character (libpq would cut the statement"
+                " there); nothing was sent"
+            )
+        if deadline.at <= self._now():
+            self._counters["query_timeouts"] += 1
+            raise QueryTimeoutError(
+                f"the {deadline.total:.3f} s timeout passed before the statement was sent;"
+                " nothing was sent"
+            )
         if self.settings.pgbouncer:
             self._warn_session_state(sql)
+        in_transaction = conn.transaction_status() in _IN_TRANSACTION
         try:
             future = conn.send(sql, params, callproc=callproc)
-        except (IndexError, KeyError, TypeError, ValueError) as exc:
-            given = (
-                "no" if params is None else str(len(params)) if hasattr(params, "__len__") else "1"
-            )
+        except (IndexError, KeyError, TypeError, ValueError, psycopg2.ProgrammingError) as exc:
             raise QueryParameterError(
-                f"statement parameters rejected ({given} given): {type(exc).__name__}: {exc}"
+                f"statement parameters rejected, nothing was sent: {_bad_parameter(params, exc)}"
             ) from exc
         # Awaited directly: a caller's cancellation cancels only this future, and the
         # deadline timer fails it with _Expired; neither stops the statement, which is
-        # settled (server-side cancel) when the slot is released.
-        slot.waiting = future
+        # cancelled on the server (by _confirm_cancel or when the slot is released).
+        slot.running = future
         timers = self._run_deadlines
         assert timers is not None
-        timers.add(slot, deadline)
+        timers.add(slot, deadline.at)
         try:
             await future
-        except _Stopped:
-            raise PoolClosedError(
-                f"pool {self.name} stopped before the statement finished;"
-                " it was cancelled on the server"
-            ) from None
-        except _Expired:
-            self._counters["query_timeouts"] += 1
-            raise QueryTimeoutError(
-                f"query exceeded its {total:.3f} s timeout; cancelled on the server"
-            ) from None
+        except (_Expired, _Stopped) as stopped:
+            if isinstance(stopped, _Expired):
+                self._counters["query_timeouts"] += 1
+            if in_transaction:
+                raise _interrupted(stopped, deadline, "; the transaction is rolled back") from None
+            return await self._confirm_cancel(slot, stopped, deadline)
         except psycopg2.extensions.QueryCanceledError as error:
             self._counters["query_timeouts"] += 1
             message = str(error.pgerror or error).strip()
@@ -930,36 +974,73 @@ class PoolManager:
             raise
         finally:
             timers.discard(slot)
-            slot.waiting = None
+            slot.running = None
         self._mark_success(self._now())
         return conn.result()
 
+    async def _confirm_cancel(
+        self, slot: _Slot, stopped: Exception, deadline: Deadline
+    ) -> QueryResult:
+        """After an autocommit statement ran out of time (or the pool stopped): cancel it
+        on the server and report how it really ended, bounded by cancel_timeout."""
+        outcome = slot.outcome
+        slot.outcome = None
+        ended = outcome is not None and await self._cancel_statement(slot.conn, outcome)
+        if not ended or outcome is None:
+            slot.conn.close()
+            raise _interrupted(
+                stopped,
+                deadline,
+                f"; the server did not confirm the cancel within"
+                f" {self.settings.cancel_timeout:.3f} s and the connection was closed:"
+                " the statement may or may not have completed",
+            )
+        error = outcome.exception()
+        if error is None:
+            LOGGER.debug("pool %s: statement completed before its cancel arrived", self.name)
+            self._mark_success(self._now())
+            return slot.conn.result()
+        if isinstance(error, psycopg2.extensions.QueryCanceledError):
+            raise _interrupted(stopped, deadline, "; it was cancelled on the server") from None
+        raise error
+
+    async def _cancel_statement(self, conn: DriverConnection, ended: asyncio.Future[None]) -> bool:
+        """Ask the server to cancel ``conn``'s running statement; True once it has ended
+        (``ended`` is done), waiting at most cancel_timeout. Too many cancels in flight
+        (a black-holed network): give up at once, the caller closes the connection."""
+        if ended.done() or not conn.is_busy():
+            return True
+        if self._cancel_threads >= self.settings.max_size + 2:
+            return False
+        until = self._now() + self.settings.cancel_timeout
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._cancel_in_thread(conn), until - self._now())
+            await asyncio.wait((ended,), timeout=max(until - self._now(), 0))
+        return ended.done() or not conn.is_busy()
+
     async def _acquire_for(
         self, timeout: float | None, metric_name: str = ""
-    ) -> tuple[_Slot, float, float]:
-        """Acquire for one call: (slot, statement deadline, total seconds quoted on expiry).
+    ) -> tuple[_Slot, Deadline]:
+        """Acquire for one call: the slot and the call's deadline.
 
-        With ``timeout`` it bounds the whole call, waiting included, from one clock
-        reading; without, waiting is bounded by acquire_timeout and running by query_timeout.
+        With ``timeout`` (already checked) it bounds the whole call, waiting included, from
+        one clock reading; without, waiting is bounded by acquire_timeout and running by
+        query_timeout.
         """
         asked = self._now()
         if timeout is None:
             slot = await self._acquire(None)
-            total = self.settings.query_timeout
-            deadline = self._now() + total
+            deadline = Deadline.after(self._now(), self.settings.query_timeout)
         else:
-            if not timeout > 0:  # also NaN
-                raise SettingsError(f"timeout: must be > 0 seconds, got {timeout!r}")
-            deadline = asked + timeout
-            slot = await self._acquire(deadline)
-            total = timeout
+            deadline = Deadline.after(asked, timeout)
+            slot = await self._acquire(deadline.at)
         if self._observers:
             waited = slot.acquired_at - asked
             for observer in self._observers:
                 observer.connection_waited(self, max(waited, 0.0))
         if self._leak_deadlines is not None:
             self._watch_for_leak(slot, metric_name)
-        return slot, deadline, total
+        return slot, deadline
 
     def _warn_session_state(self, sql: str) -> None:
         for kind, pattern in _SESSION_STATE:
@@ -994,10 +1075,10 @@ class PoolManager:
     @contextlib.asynccontextmanager
     async def _checkout(
         self, timeout: float | None, metric_name: str = ""
-    ) -> AsyncIterator[tuple[_Slot, float, float]]:
-        slot, deadline, total = await self._acquire_for(timeout, metric_name)
+    ) -> AsyncIterator[tuple[_Slot, Deadline]]:
+        slot, deadline = await self._acquire_for(timeout, metric_name)
         try:
-            yield slot, deadline, total
+            yield slot, deadline
         except BaseException as exc:
             self._release_after(slot, exc)
             raise
@@ -1068,8 +1149,9 @@ class PoolManager:
         callproc: bool,
     ) -> QueryResult:
         # execute()/callproc() hot path: _checkout without its generator-based context.
+        timeout = check_timeout(timeout)
         try:
-            slot, deadline, total = await self._acquire_for(timeout, metric_name)
+            slot, deadline = await self._acquire_for(timeout, metric_name)
         except PoolError as exc:
             if on_error is None:
                 raise
@@ -1077,7 +1159,7 @@ class PoolManager:
         started = self._now()
         failure: BaseException | None = None
         try:
-            result = await self._run(slot, sql, params, deadline, total, callproc=callproc)
+            result = await self._run(slot, sql, params, deadline, callproc=callproc)
         except BaseException as exc:
             failure = exc
             self._release_after(slot, exc)
@@ -1104,14 +1186,20 @@ class PoolManager:
             observer.operation_finished(self, seconds, failure)
 
     @contextlib.asynccontextmanager
-    async def transaction(self, timeout: float | None = None) -> AsyncIterator[PostgresConnector]:
+    async def transaction(
+        self, timeout: float | None = None, *, resolve_commit: bool | None = None
+    ) -> AsyncIterator[PostgresConnector]:
         """``BEGIN`` ... ``COMMIT`` on one connection; ``ROLLBACK`` if the block raises.
 
         ``timeout`` bounds the whole transaction, from waiting for the connection to COMMIT.
+        Leaving the block without an error commits, and returns only if the server
+        committed: see :meth:`PostgresConnector.transaction` for what each error means.
+        ``resolve_commit`` overrides the ``resolve_commits`` setting for this transaction.
         """
-        async with self._checkout(timeout) as (slot, deadline, total):
-            connector = PostgresConnector(self, slot, deadline, total)
-            async with connector.transaction():
+        timeout = check_timeout(timeout)
+        async with self._checkout(timeout) as (slot, deadline):
+            connector = PostgresConnector(self, slot, deadline)
+            async with connector.transaction(resolve_commit=resolve_commit):
                 yield connector
 
     @contextlib.asynccontextmanager
@@ -1127,17 +1215,134 @@ class PoolManager:
         it (the call then returns an empty result); ``on_duration(metric_name, seconds)``
         gets each statement's duration.
         """
-        async with self._checkout(timeout) as (slot, deadline, total):
+        timeout = check_timeout(timeout)
+        async with self._checkout(timeout) as (slot, deadline):
             yield PostgresConnector(
-                self, slot, deadline, total, on_error=on_error, on_duration=on_duration
+                self, slot, deadline, on_error=on_error, on_duration=on_duration
             )
 
     @contextlib.asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:
         """The checked-out aiopg connection itself (escape hatch). Returned on exit: rolled
         back if left in a transaction, discarded if left busy or broken."""
-        async with self._checkout(timeout) as (slot, _deadline, _total):
+        async with self._checkout(check_timeout(timeout)) as (slot, _deadline):
             yield slot.conn.handle
+
+    async def _commit(
+        self,
+        slot: _Slot,
+        deadline: Deadline,
+        *,
+        xid: int | None,
+        failure: BaseException | None,
+        ended_by: str | None,
+    ) -> None:
+        """End a transaction with COMMIT, reporting only what the server did (see
+        :meth:`PostgresConnector.transaction`)."""
+        conn = slot.conn
+        status = conn.transaction_status()
+        refusal = refuse_commit(
+            status,
+            deadline_passed=deadline.at <= self._now(),
+            total=deadline.total,
+            failure=failure,
+            ended_by=ended_by,
+        )
+        if refusal is not None:
+            if refusal.rollback:
+                with contextlib.suppress(Exception):  # else the release rolls back or discards
+                    await self._rollback(slot)
+            raise refusal.error
+        if status is TxStatus.IDLE:
+            return  # the block committed it itself
+        try:
+            answer = conn.send("COMMIT", None)
+        except Exception as exc:  # never sent: without COMMIT nothing commits
+            raise TransactionRolledBackError(
+                f"transaction rolled back, nothing of it was committed: COMMIT could not be"
+                f" sent ({type(exc).__name__})",
+                exc,
+            ) from exc
+        answer.add_done_callback(_consume)
+        cancelled = await await_answer(
+            answer, deadline.at + self.settings.cancel_timeout, self._now
+        )
+        try:
+            self._commit_answered(conn, answer, failure)
+        except CommitUnknownError as unknown:
+            unknown.xid = xid
+            if xid is None or cancelled is not None:
+                self._log_cancelled_commit(cancelled, xid, "unknown")
+                raise
+            await self._resolve_commit(xid, unknown)  # returns if it committed
+        except BaseException:
+            self._log_cancelled_commit(cancelled, xid, "rolled back")
+            raise
+        self._log_cancelled_commit(cancelled, xid, "committed")
+
+    def _commit_answered(
+        self, conn: DriverConnection, answer: asyncio.Future[None], failure: BaseException | None
+    ) -> None:
+        """Raise unless the server's answer to COMMIT says it committed."""
+        if not answer.done():
+            conn.close()
+            raise CommitUnknownError(
+                f"COMMIT was sent but no answer came within {self.settings.cancel_timeout:.3f} s"
+                " after the deadline; the connection was closed: the transaction may or may not"
+                " have committed"
+            )
+        error = answer.exception()
+        if error is None:
+            self._mark_success(self._now())
+            tag = conn.status_message()
+            if tag != "COMMIT":
+                raise TransactionRolledBackError(
+                    f"transaction rolled back: the server answered COMMIT with {tag}", failure
+                )
+            return
+        if conn.closed:
+            self._healthy = False
+            self._last_error = self._describe(error)
+            raise CommitUnknownError(
+                f"the connection was lost while COMMIT ran ({type(error).__name__}):"
+                " the transaction may or may not have committed"
+            ) from error
+        raise error  # the server refused to commit (e.g. a deferred constraint): rolled back
+
+    async def _resolve_commit(self, xid: int, unknown: CommitUnknownError) -> None:
+        """Ask the server how transaction ``xid`` ended; return if it committed."""
+        assert self._connector is not None
+        verdict = await resolve_xid(
+            self._connector.connect, xid, self._now() + self.settings.cancel_timeout, self._now
+        )
+        LOGGER.debug("pool %s: lost COMMIT of xid %d resolved: %s", self.name, xid, verdict)
+        if verdict == "committed":
+            return
+        if verdict == "aborted":
+            raise TransactionRolledBackError(
+                f"transaction rolled back: the connection was lost during COMMIT and"
+                f" txid_status({xid}) says aborted",
+                unknown,
+            ) from unknown
+        raise CommitUnknownError(
+            f"{unknown}; txid_status({xid}) could not be read within"
+            f" {self.settings.cancel_timeout:.3f} s",
+            xid,
+        ) from unknown
+
+    def _log_cancelled_commit(
+        self, cancelled: asyncio.CancelledError | None, xid: int | None, outcome: str
+    ) -> None:
+        """After a caller was cancelled while its COMMIT ran: log the outcome, re-raise."""
+        if cancelled is None:
+            return
+        LOGGER.debug(
+            "pool %s: caller cancelled while COMMIT ran (xid %s); the transaction %s",
+            self.name,
+            "unknown" if xid is None else xid,
+            outcome,
+        )
+        raise cancelled
 
     # -- status ---------------------------------------------------------------------------------
 
@@ -1226,8 +1431,7 @@ class PostgresConnector:
         self,
         pool: PoolManager,
         slot: _Slot,
-        deadline: float,
-        total: float,
+        deadline: Deadline,
         *,
         on_error: OnError | None = None,
         on_duration: OnDuration | None = None,
@@ -1235,9 +1439,14 @@ class PostgresConnector:
         self._pool = pool
         self._slot = slot
         self._deadline = deadline
-        self._total = total
         self._on_error = on_error
         self._on_duration = on_duration
+        # Inside transaction(): the failure that aborted the transaction (cleared when a
+        # later statement leaves it usable again, e.g. ROLLBACK TO SAVEPOINT), and the tag
+        # of a statement of the block that ended the transaction itself.
+        self._in_transaction = False
+        self._failure: BaseException | None = None
+        self._ended_by: str | None = None
 
     async def execute(
         self,
@@ -1264,14 +1473,14 @@ class PostgresConnector:
     ) -> QueryResult:
         pool = self._pool
         started = pool._now()
-        deadline, total = self._deadline, self._total
-        if timeout is not None and started + timeout < deadline:
-            deadline, total = started + timeout, timeout
+        deadline = self._deadline.sooner(started, check_timeout(timeout))
         failure: BaseException | None = None
         try:
-            result = await pool._run(self._slot, sql, params, deadline, total, callproc=callproc)
+            result = await pool._run(self._slot, sql, params, deadline, callproc=callproc)
         except (psycopg2.Error, PoolError) as exc:
             failure = exc
+            if self._in_transaction and self._failure is None:
+                self._failure = exc
             if self._on_error is None:
                 raise
             return _swallow_or_raise(self._on_error, metric_name, exc)
@@ -1281,21 +1490,74 @@ class PostgresConnector:
         finally:
             if self._on_duration is not None or pool._observers:
                 pool._finished(metric_name, pool._now() - started, failure, self._on_duration)
+        if self._in_transaction:
+            self._after_statement()
         return result
 
+    def _after_statement(self) -> None:
+        conn = self._slot.conn
+        status = conn.transaction_status()
+        if status is TxStatus.INTRANS:
+            self._failure = None  # usable again (e.g. after ROLLBACK TO SAVEPOINT)
+        elif status is TxStatus.IDLE:
+            self._ended_by = conn.status_message()
+
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[PostgresConnector]:
-        """``BEGIN`` on this connection; ``COMMIT`` on success, ``ROLLBACK`` on any error."""
+    async def transaction(
+        self, *, resolve_commit: bool | None = None
+    ) -> AsyncIterator[PostgresConnector]:
+        """``BEGIN`` on this connection; ``COMMIT`` when the block ends without an error,
+        ``ROLLBACK`` when it raises. What leaving the block reports is what the server did:
+
+        - returns: the server committed the transaction;
+        - the block's own exception, :class:`QueryTimeoutError` (the deadline passed before
+          COMMIT could be sent), :class:`TransactionRolledBackError` (a statement failed
+          and the block went on, the connection was lost before COMMIT, ...) or a driver
+          error from COMMIT itself (a deferred constraint, a serialization failure): rolled
+          back, nothing of it committed;
+        - :class:`CommitUnknownError`: COMMIT was sent and its answer was lost. With
+          ``resolve_commit`` (default: the ``resolve_commits`` setting) the pool asks the
+          server on another connection (``txid_status``) and reports committed or rolled
+          back instead, unless the server cannot answer within ``cancel_timeout``.
+
+        Once COMMIT is sent, neither the deadline nor a cancellation of the caller cuts it:
+        the pool waits for its answer (until the deadline plus ``cancel_timeout``) and then
+        reports it, or re-raises the cancellation (logging the outcome at DEBUG).
+
+        With ``on_error`` hooks, these errors go to the hook as ``postgres_transaction``;
+        the exception it returns is raised, but None cannot swallow an outcome.
+        """
         pool, slot = self._pool, self._slot
-        await pool._run(slot, "BEGIN", None, self._deadline, self._total)
+        resolve = pool.settings.resolve_commits if resolve_commit is None else resolve_commit
+        xid: int | None = None
+        if resolve:
+            row = (await pool._run(slot, BEGIN_WITH_XID, None, self._deadline)).row
+            xid = int(row["xid"]) if row is not None else None
+        else:
+            await pool._run(slot, "BEGIN", None, self._deadline)
+        self._in_transaction, self._failure, self._ended_by = True, None, None
         try:
             yield self
-        except BaseException:
-            if not slot.conn.is_busy() and not slot.conn.closed:
-                with contextlib.suppress(Exception):
+        except BaseException as exc:
+            self._in_transaction = False
+            conn = slot.conn
+            # A cancelled caller is not kept waiting: releasing the slot rolls back.
+            if not isinstance(exc, asyncio.CancelledError) and not (conn.is_busy() or conn.closed):
+                with contextlib.suppress(Exception):  # else the release rolls back or discards
                     await pool._rollback(slot)
             raise
-        await pool._run(slot, "COMMIT", None, self._deadline, self._total)
+        self._in_transaction = False
+        try:
+            await pool._commit(
+                slot, self._deadline, xid=xid, failure=self._failure, ended_by=self._ended_by
+            )
+        except (psycopg2.Error, PoolError) as exc:
+            if self._on_error is None:
+                raise
+            replacement = self._on_error("postgres_transaction", exc)
+            if replacement is None or replacement is exc:
+                raise  # an outcome is never swallowed
+            raise replacement from exc
 
 
 def _swallow_or_raise(on_error: OnError, name: str, exc: Exception) -> QueryResult:
@@ -1316,10 +1578,54 @@ class _Expired(Exception):
     """Set on a statement's future by the deadline timer (never escapes the pool)."""
 
 
+def _interrupt(slot: _Slot, reason: Exception) -> bool:
+    """Stop the caller waiting for ``slot``'s statement (which keeps running); from now on
+    ``slot.outcome`` catches how it really ends. False when nothing was awaited."""
+    running = slot.running
+    if running is None or running.done():
+        return False
+    slot.outcome = slot.conn.wait_until_idle()
+    slot.outcome.add_done_callback(_consume)
+    running.set_exception(reason)
+    return True
+
+
 def _expire_run(slot: _Slot, _payload: object) -> None:
-    waiting = slot.waiting
-    if waiting is not None and not waiting.done():
-        waiting.set_exception(_Expired())
+    _interrupt(slot, _Expired())
+
+
+def _interrupted(stopped: Exception, deadline: Deadline, what: str) -> PoolError:
+    """The error for a statement the caller stopped waiting for; ``what`` says its fate."""
+    if isinstance(stopped, _Stopped):
+        return PoolClosedError(f"the pool stopped before the statement finished{what}")
+    return QueryTimeoutError(f"statement exceeded its {deadline.total:.3f} s timeout{what}")
+
+
+_IN_TRANSACTION = (TxStatus.INTRANS, TxStatus.INERROR)
+
+
+def _bad_parameter(params: Any, exc: BaseException) -> str:
+    """Which parameter the driver could not bind, by index or key, and its type."""
+    items: list[tuple[object, Any]] = []
+    if isinstance(params, Mapping):
+        items = list(params.items())
+    elif isinstance(params, (list, tuple)):
+        items = list(enumerate(params))
+    for key, value in items:
+        where = f"key {key!r}" if isinstance(params, Mapping) else f"index {key}"
+        if isinstance(value, str) and "\x00" in value:
+            return f"parameter at {where} contains a NUL character"
+        try:
+            psycopg2.extensions.adapt(value)
+        except Exception:
+            return f"parameter at {where} has type {type(value).__name__}, which cannot be adapted"
+    given = "no" if params is None else str(len(params)) if hasattr(params, "__len__") else "1"
+    return f"{type(exc).__name__}: {exc} ({given} parameter(s) given)"
+
+
+def _resolve(future: asyncio.Future[str], value: str) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
@@ -1338,26 +1644,17 @@ def _call_site() -> str:
     return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
 
 
-def _describe(exc: BaseException, url: str) -> str:
-    """A one-line, password-free description of a connect or driver error."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if isinstance(exc, asyncio.TimeoutError) and not str(exc):
-        text = "timed out"
-    return (
-        f"{type(exc).__name__}: {_redact_text(text, url)}"
-        if url
-        else f"{type(exc).__name__}: {text}"
-    )
+def _describe(exc: BaseException, url: str, *passwords: str) -> str:
+    """A one-line description of a connect or driver error, without any password of
+    ``url`` (or ``passwords``)."""
+    from ._redact import describe_error, passwords_in
+
+    return describe_error(exc, passwords_in(url) | set(passwords))
 
 
 def _pool_name(url: str) -> str:
-    """``host:port/dbname`` from a URL or DSN, never credentials."""
-    if not url:
-        return "pgpool"
-    try:
-        info = psycopg2.extensions.parse_dsn(url)
-    except psycopg2.ProgrammingError:
-        return redact_dsn(url)
-    host = info.get("host", "localhost")
-    port = info.get("port", "5432")
-    return f"{host}:{port}/{info.get('dbname', info.get('user', ''))}"
+    """``host:port/dbname`` from libpq's reading of a valid URL; never credentials, never
+    raw URL text (``pgpool`` for no URL or an invalid one)."""
+    from ._redact import pool_name
+
+    return pool_name(url)

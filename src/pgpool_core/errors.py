@@ -6,6 +6,7 @@ import asyncio
 import sys
 
 __all__ = [
+    "CommitUnknownError",
     "ConfigurationError",
     "ConnectionException",
     "PoolClosedError",
@@ -16,6 +17,7 @@ __all__ = [
     "QueryTimeoutError",
     "SettingsError",
     "TooManyRequestsError",
+    "TransactionRolledBackError",
 ]
 
 
@@ -61,6 +63,41 @@ else:  # pragma: no cover - Python 3.10, where asyncio.TimeoutError is a separat
 
     class QueryTimeoutError(PoolError, TimeoutError, asyncio.TimeoutError):
         """A statement ran past its deadline and was cancelled on the server."""
+
+
+class TransactionRolledBackError(PoolError):
+    """The transaction did not commit: the server rolled it back, or holds nothing of it.
+
+    Raised instead of a COMMIT that cannot succeed: a statement failed inside the
+    transaction (and the block went on), the connection was lost before COMMIT, or the
+    block ended the transaction with its own ``ROLLBACK``. ``first_error`` (also the
+    ``__cause__``) is the failure that doomed it, if there was one; :func:`~pgpool_core.classify`
+    and :func:`~pgpool_core.sqlstate` see through to it, so adapters answer as they would
+    for that error. Nothing of the transaction is on the server: retrying it is safe.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self, message: str, first_error: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.first_error = first_error
+
+
+class CommitUnknownError(PoolError):
+    """COMMIT was sent but its answer was lost (the connection died, or no answer came within
+    the bound), so whether the transaction committed is unknown.
+
+    Never retry blindly: the transaction may be on the server. ``xid`` is its transaction id
+    when known: ``SELECT txid_status(xid)`` on any connection tells the outcome. With
+    ``resolve_commits`` (or ``transaction(resolve_commit=True)``) the pool asks that itself
+    and raises this only when the server could not answer within the bound.
+
+    .. versionadded:: 0.2
+    """
+
+    def __init__(self, message: str, xid: int | None = None) -> None:
+        super().__init__(message)
+        self.xid = xid
 
 
 class PoolClosedError(ConnectionException):

@@ -102,6 +102,7 @@ class FakeConnection:
         # future, which then never completes.
         self._waiter: asyncio.Future[None] | None = None
         self._result = QueryResult(0, [])
+        self._tag: str | None = None
         self._script: Script | None = None
 
     def __repr__(self) -> str:
@@ -121,7 +122,8 @@ class FakeConnection:
         self._pending = future
         self._waiter = future
         script = self.connector.script_for(sql)
-        verb = sql.strip().split(None, 1)[0].upper() if sql.strip() else ""
+        first = re.match(r"\s*(\w+)", sql)
+        verb = first.group(1).upper() if first else ""
         rows = list(script.rows) if script and script.rows is not None else None
         if rows is not None:
             self._result = QueryResult(len(rows), [dict(r) for r in rows])
@@ -134,14 +136,7 @@ class FakeConnection:
             if not self._running or self._pending is not future:
                 return
             self._running = False
-            if error is not None:
-                self.status = TxStatus.INERROR if in_tx else TxStatus.IDLE
-            elif verb == "BEGIN":
-                self.status = TxStatus.INTRANS
-            elif verb in ("COMMIT", "ROLLBACK", "END"):
-                self.status = TxStatus.IDLE
-            else:
-                self.status = TxStatus.INTRANS if in_tx else TxStatus.IDLE
+            self._end_statement(sql, verb, in_tx, error)
             # The pool may have given up on (failed or cancelled) its future already.
             waiter, self._waiter = self._waiter, None
             if waiter is not None and not waiter.done():
@@ -169,6 +164,22 @@ class FakeConnection:
             self.loop.call_soon(finish, script.error if script else None)
         return future
 
+    def _end_statement(self, sql: str, verb: str, in_tx: bool, error: BaseException | None) -> None:
+        """The tag and transaction status a statement leaves, as PostgreSQL sets them."""
+        # COMMIT in a failed transaction answers ROLLBACK, with no error.
+        failed = self.status is TxStatus.INERROR
+        self._tag = "ROLLBACK" if verb in ("COMMIT", "END") and failed else verb
+        if error is not None:
+            self.status = TxStatus.INERROR if in_tx else TxStatus.IDLE
+        elif re.match(r"\s*ROLLBACK\s+TO\b", sql, re.IGNORECASE):
+            self.status = TxStatus.INTRANS  # usable again after ROLLBACK TO SAVEPOINT
+        elif verb == "BEGIN":
+            self.status = TxStatus.INTRANS
+        elif verb in ("COMMIT", "ROLLBACK", "END"):
+            self.status = TxStatus.IDLE
+        else:
+            self.status = TxStatus.INTRANS if in_tx else TxStatus.IDLE
+
     def _die(self) -> None:
         self.close()
 
@@ -178,6 +189,10 @@ class FakeConnection:
 
     def result(self) -> QueryResult:
         return self._result
+
+    def status_message(self) -> str | None:
+        """The command tag of the last statement: its first word, upper-cased."""
+        return self._tag
 
     def has_pending_input(self) -> bool:
         """True once the server dropped the connection (see :meth:`drop`)."""

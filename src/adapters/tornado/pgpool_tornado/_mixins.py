@@ -75,6 +75,7 @@ ERROR_RESPONSES: Mapping[ErrorKind, ErrorResponse] = {
     ErrorKind.UNIQUE_VIOLATION: ErrorResponse(409, "Unique Violation"),
     ErrorKind.FOREIGN_KEY_VIOLATION: ErrorResponse(409, "Foreign Key Violation"),
     ErrorKind.TRANSACTION_CONFLICT: ErrorResponse(409, "Transaction Conflict", 1),
+    ErrorKind.COMMIT_UNKNOWN: ErrorResponse(500, "Transaction Outcome Unknown"),
     ErrorKind.OPERATIONAL: ErrorResponse(503, "Database Error"),
     ErrorKind.DATABASE: ErrorResponse(500, "Database Error"),
 }
@@ -138,10 +139,17 @@ class ApplicationMixin:
         self.postgres_pool = pool
 
     async def postgres_stop(self, timeout: float = 4.0) -> None:
-        """Stop the pool: work in flight gets ``timeout`` seconds, then is cancelled."""
-        pool, self.postgres_pool = self.postgres_pool, None
-        if pool is not None:
-            await pool.stop(timeout)
+        """Stop the pool: work in flight gets ``timeout`` seconds, then is cancelled.
+
+        Idempotent, and safe to cancel: the pool finishes stopping on its own, and a later
+        call waits for that (within its own ``timeout``) before forgetting the pool.
+        """
+        pool = self.postgres_pool
+        if pool is None:
+            return
+        await pool.stop(timeout)
+        if self.postgres_pool is pool:
+            self.postgres_pool = None
 
     @property
     def postgres_is_connected(self) -> bool:
@@ -183,9 +191,7 @@ class ApplicationMixin:
                 if self.postgres_pool is None:
                     raise PoolClosedError("the PostgreSQL pool is not started")
                 connector = await stack.enter_async_context(
-                    self.postgres_pool.connector(
-                        on_error, on_duration, None if timeout is None else float(timeout)
-                    )
+                    self.postgres_pool.connector(on_error, on_duration, timeout)
                 )
             except PoolError as exc:
                 replacement = exc if on_error is None else on_error("postgres_connector", exc)
@@ -244,7 +250,7 @@ class RequestHandlerMixin:
             sql,
             parameters,
             metric_name=metric_name,
-            timeout=None if timeout is None else float(timeout),
+            timeout=timeout,
             on_error=self.on_postgres_error,
             on_duration=self.on_postgres_timing,
         )

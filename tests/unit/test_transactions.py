@@ -1,0 +1,474 @@
+"""Transaction outcomes on the fake driver: what leaving transaction() reports is what the
+server did. Each test checks what was sent (the fake records every statement), not only
+the exception."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import psycopg2
+import psycopg2.errors
+import pytest
+
+from pgpool_core import (
+    CommitUnknownError,
+    ErrorKind,
+    PoolManager,
+    PostgresConnector,
+    QueryParameterError,
+    QueryTimeoutError,
+    SettingsError,
+    TransactionRolledBackError,
+    TxStatus,
+    classify,
+    sqlstate,
+)
+from pgpool_core._transaction import BEGIN_WITH_XID, refuse_commit
+from pgpool_core.testing import FakeConnection, FakeConnector
+
+from fake_support import URL, until
+
+
+class Clock:
+    """The pool's clock: real time, plus jumps the test makes (``clock.now += 0.25``) to
+    stand for time spent elsewhere; the loop's timers keep running in real time."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    @property
+    def now(self) -> float:
+        return time.monotonic() + self.offset
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.offset += value - self.now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def pool(fake: FakeConnector, clock: Clock) -> AsyncIterator[PoolManager]:
+    fake.on(r"^INSERT .*'dup'", error=psycopg2.errors.UniqueViolation("duplicate key"))
+    fake.on(r"txid_current", rows=[{"xid": 4242}])
+    manager = PoolManager(
+        URL, connector=fake, min_size=0, max_size=2, clock=clock, cancel_timeout=5.0
+    )
+    await manager.start()
+    yield manager
+    await manager.stop(timeout=0.5)
+
+
+def _conn(fake: FakeConnector) -> FakeConnection:
+    (conn,) = fake.connections
+    return conn
+
+
+def _sent(fake: FakeConnector) -> list[str]:
+    return [sql for conn in fake.connections for sql in conn.statements]
+
+
+async def _settled(pool: PoolManager) -> None:
+    await until(lambda: pool.stats()["pool_size"] == pool.stats()["pool_available"])
+
+
+async def test_commit_is_not_sent_after_the_deadline(
+    pool: PoolManager, fake: FakeConnector, clock: Clock
+) -> None:
+    """A block that outlives its timeout gets QueryTimeoutError; COMMIT is never sent, the
+    transaction is rolled back."""
+
+    async def outlive_the_deadline() -> None:
+        async with pool.transaction(timeout=0.2) as tx:
+            await tx.execute("INSERT INTO t VALUES ('late')")
+            clock.now += 0.25  # application code spends past the deadline
+
+    with pytest.raises(QueryTimeoutError, match="before COMMIT was sent; it was rolled back"):
+        await outlive_the_deadline()
+    assert _sent(fake) == ["BEGIN", "INSERT INTO t VALUES ('late')", "ROLLBACK"]
+    assert _conn(fake).status is TxStatus.IDLE
+
+
+async def test_statement_after_the_deadline_is_not_sent(
+    pool: PoolManager, fake: FakeConnector, clock: Clock
+) -> None:
+    """connector(timeout=...): a statement issued once the deadline passed is not sent."""
+    async with pool.connector(timeout=0.2) as connector:
+        await connector.execute("SELECT 1")
+        clock.now += 0.3
+        with pytest.raises(QueryTimeoutError, match="nothing was sent"):
+            await connector.execute("DELETE FROM t")
+    assert "DELETE FROM t" not in _sent(fake)
+
+
+async def test_caught_statement_error_makes_the_transaction_report_a_rollback(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """A failed statement caught inside the block: leaving it raises TransactionRolledBackError
+    naming the first failure; COMMIT is not sent (PostgreSQL would answer ROLLBACK)."""
+
+    async def catch_and_go_on() -> None:
+        async with pool.transaction() as tx:
+            await tx.execute("INSERT INTO t VALUES ('kept')")
+            with pytest.raises(psycopg2.errors.UniqueViolation):
+                await tx.execute("INSERT INTO t VALUES ('dup')")
+
+    with pytest.raises(TransactionRolledBackError, match="SQLSTATE 23505") as caught:
+        await catch_and_go_on()
+    error = caught.value
+    assert isinstance(error.first_error, psycopg2.errors.UniqueViolation)
+    assert (sqlstate(error), classify(error)) == ("23505", ErrorKind.UNIQUE_VIOLATION)
+    assert "COMMIT" not in _sent(fake)
+    assert _sent(fake)[-1] == "ROLLBACK"
+    await _settled(pool)
+
+
+async def test_error_swallowed_by_on_error_cannot_turn_into_a_commit(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """on_error returning None swallows the statement's error (sprockets-postgres semantics),
+    but not the transaction's outcome: the hook sees it as postgres_transaction and None
+    still raises."""
+    seen: list[tuple[str, type[BaseException]]] = []
+
+    def on_error(name: str, exc: Exception) -> Exception | None:
+        seen.append((name, type(exc)))
+        return None
+
+    swallowed: list[int] = []
+
+    async def swallow(connector: PostgresConnector) -> None:
+        async with connector.transaction():
+            await connector.execute("INSERT INTO t VALUES ('kept')")
+            result = await connector.execute("INSERT INTO t VALUES ('dup')", metric_name="dup")
+            swallowed.append(result.row_count)
+
+    async with pool.connector(on_error=on_error) as connector:
+        with pytest.raises(TransactionRolledBackError):
+            await swallow(connector)
+    assert swallowed == [0]
+    assert seen == [
+        ("dup", psycopg2.errors.UniqueViolation),
+        ("postgres_transaction", TransactionRolledBackError),
+    ]
+    assert "COMMIT" not in _sent(fake)
+
+
+async def test_on_error_replacement_is_raised_for_the_outcome(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """An exception the hook returns for the outcome is raised from it."""
+
+    class Mapped(Exception):
+        pass
+
+    def on_error(name: str, exc: Exception) -> Exception | None:
+        return Mapped(name) if name == "postgres_transaction" else None
+
+    async with pool.connector(on_error=on_error) as connector:
+        with pytest.raises(Mapped) as caught:
+            async with connector.transaction():
+                await connector.execute("INSERT INTO t VALUES ('dup')")
+    assert isinstance(caught.value.__cause__, TransactionRolledBackError)
+
+
+async def test_savepoint_recovery_still_commits(pool: PoolManager, fake: FakeConnector) -> None:
+    """A failure rolled back to a savepoint leaves the transaction usable: it commits."""
+    async with pool.transaction() as tx:
+        await tx.execute("SAVEPOINT s")
+        with pytest.raises(psycopg2.errors.UniqueViolation):
+            await tx.execute("INSERT INTO t VALUES ('dup')")
+        await tx.execute("ROLLBACK TO SAVEPOINT s")
+        await tx.execute("INSERT INTO t VALUES ('other')")
+    assert _sent(fake)[-1] == "COMMIT"
+
+
+async def test_block_that_ends_the_transaction_itself(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """The block's own ROLLBACK is reported as a rollback; its own COMMIT as success, and no
+    second COMMIT is sent."""
+    with pytest.raises(TransactionRolledBackError, match="ended inside the block by ROLLBACK"):
+        async with pool.transaction() as tx:
+            await tx.execute("ROLLBACK")
+    async with pool.transaction() as tx:
+        await tx.execute("COMMIT")
+    assert _sent(fake) == ["BEGIN", "ROLLBACK", "BEGIN", "COMMIT"]
+
+
+async def test_commit_answered_after_the_deadline_reports_the_commit(
+    pool: PoolManager, fake: FakeConnector, clock: Clock
+) -> None:
+    """Once COMMIT is sent the deadline does not cut it: its answer, late, is the outcome."""
+    gate = asyncio.Event()
+    fake.on("^COMMIT", gate=gate)
+
+    async def run() -> None:
+        async with pool.transaction(timeout=0.2) as tx:
+            await tx.execute("INSERT INTO t VALUES ('x')")
+
+    task = asyncio.create_task(run())
+    await until(lambda: bool(fake.connections) and _conn(fake).statements[-1:] == ["COMMIT"])
+    clock.now += 1.0  # past the deadline, within deadline + cancel_timeout
+    await asyncio.sleep(0)
+    gate.set()
+    await task  # committed: no error
+    assert _conn(fake).cancel_requests == 0
+
+
+async def test_cancelled_caller_waits_for_the_sent_commit(
+    pool: PoolManager, fake: FakeConnector, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cancelled after COMMIT was sent: the COMMIT is neither cancelled nor abandoned; the
+    caller's cancellation is re-raised once the server answered, and the outcome logged."""
+    caplog.set_level(logging.DEBUG, logger="pgpool")
+    gate = asyncio.Event()
+    fake.on("^COMMIT", gate=gate)
+
+    async def run() -> None:
+        async with pool.transaction(resolve_commit=True) as tx:
+            await tx.execute("INSERT INTO t VALUES ('x')")
+
+    task = asyncio.create_task(run())
+    await until(lambda: bool(fake.connections) and _conn(fake).statements[-1:] == ["COMMIT"])
+    task.cancel()
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not task.done()  # still waiting for the server's answer
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _conn(fake).cancel_requests == 0
+    assert _conn(fake).status is TxStatus.IDLE
+    assert "caller cancelled while COMMIT ran (xid 4242); the transaction committed" in caplog.text
+    await _settled(pool)
+
+
+async def test_cancelled_before_commit_sends_no_commit(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """Cancelled during a statement: no COMMIT; the release cancels it and rolls back."""
+    fake.on("pg_sleep", hang=True)
+
+    async def run() -> None:
+        async with pool.transaction() as tx:
+            await tx.execute("INSERT INTO t VALUES ('x')")
+            await tx.execute("SELECT pg_sleep(10)")
+
+    task = asyncio.create_task(run())
+    await until(lambda: bool(fake.connections) and "SELECT pg_sleep(10)" in _sent(fake))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await _settled(pool)
+    assert "COMMIT" not in _sent(fake)
+    assert _sent(fake)[-1] == "ROLLBACK"
+    assert _conn(fake).cancel_requests == 1
+
+
+async def test_connection_lost_during_commit_is_unknown(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """The connection dies while COMMIT runs: CommitUnknownError, never retryable."""
+    fake.on("^COMMIT", close_connection=True)
+    with pytest.raises(CommitUnknownError, match="may or may not have committed") as caught:
+        async with pool.transaction() as tx:
+            await tx.execute("INSERT INTO t VALUES ('x')")
+    assert caught.value.xid is None
+    assert classify(caught.value) is ErrorKind.COMMIT_UNKNOWN
+    assert not classify(caught.value).retryable
+    await _settled(pool)
+    assert pool.stats()["pool_size"] == 0
+
+
+@pytest.mark.parametrize(
+    ("verdict", "expected"),
+    [("committed", None), ("aborted", TransactionRolledBackError)],
+)
+async def test_lost_commit_is_resolved_by_its_xid(
+    pool: PoolManager, fake: FakeConnector, verdict: str, expected: type[Exception] | None
+) -> None:
+    """With resolve_commit, a lost COMMIT is answered by txid_status on a new connection."""
+    fake.on("^COMMIT", close_connection=True)
+    fake.on("txid_status", rows=[{"status": verdict}])
+
+    async def run() -> None:
+        async with pool.transaction(resolve_commit=True) as tx:
+            await tx.execute("INSERT INTO t VALUES ('x')")
+
+    if expected is None:
+        await run()
+    else:
+        with pytest.raises(expected, match="says aborted"):
+            await run()
+    assert fake.connections[0].statements[0] == BEGIN_WITH_XID
+    assert fake.connections[1].statements == ["SELECT txid_status(%s) AS status"]
+    assert fake.connections[1].closed
+
+
+async def test_unresolvable_commit_stays_unknown_within_the_bound(
+    fake: FakeConnector,
+) -> None:
+    """A transaction still in progress on the server past the bound: CommitUnknownError
+    with its xid, raised within cancel_timeout."""
+    fake.on(r"txid_current", rows=[{"xid": 7}])
+    fake.on("^COMMIT", close_connection=True)
+    fake.on("txid_status", rows=[{"status": "in progress"}])
+    async with PoolManager(
+        URL, connector=fake, min_size=0, cancel_timeout=0.1, resolve_commits=True
+    ) as pool:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(
+            CommitUnknownError, match=r"txid_status\(7\) could not be read"
+        ) as caught:
+            async with pool.transaction() as tx:
+                await tx.execute("INSERT INTO t VALUES ('x')")
+        assert loop.time() - started < 1.0
+        assert caught.value.xid == 7
+
+
+async def test_commit_without_answer_is_unknown_and_the_connection_closed(
+    fake: FakeConnector,
+) -> None:
+    """No answer to COMMIT by deadline + cancel_timeout: unknown, the connection closed,
+    and no cancel sent (a COMMIT is never cut half way)."""
+    fake.on("^COMMIT", hang=True)
+    async with PoolManager(URL, connector=fake, min_size=0, cancel_timeout=0.05) as pool:
+        with pytest.raises(CommitUnknownError, match="no answer came"):
+            async with pool.transaction(timeout=0.05) as tx:
+                await tx.execute("INSERT INTO t VALUES ('x')")
+        assert _conn(fake).closed
+        assert _conn(fake).cancel_requests == 0
+
+
+def test_refuse_commit_decisions() -> None:
+    """The pure decision: only INTRANS before the deadline sends COMMIT."""
+    failure = psycopg2.errors.UniqueViolation("dup")
+    assert (
+        refuse_commit(TxStatus.INTRANS, deadline_passed=False, total=1, failure=None, ended_by=None)
+        is None
+    )
+    assert (
+        refuse_commit(
+            TxStatus.IDLE, deadline_passed=False, total=1, failure=None, ended_by="COMMIT"
+        )
+        is None
+    )
+    cases = {
+        TxStatus.INERROR: (TransactionRolledBackError, True),
+        TxStatus.UNKNOWN: (TransactionRolledBackError, False),
+        TxStatus.ACTIVE: (TransactionRolledBackError, False),
+        TxStatus.IDLE: (TransactionRolledBackError, False),
+    }
+    for status, (error_type, rollback) in cases.items():
+        refusal = refuse_commit(
+            status, deadline_passed=False, total=1, failure=failure, ended_by="ROLLBACK"
+        )
+        assert refusal is not None
+        assert (type(refusal.error), refusal.rollback) == (error_type, rollback), status
+    late = refuse_commit(
+        TxStatus.INTRANS, deadline_passed=True, total=1, failure=None, ended_by=None
+    )
+    assert late is not None
+    assert (type(late.error), late.rollback) == (QueryTimeoutError, True)
+
+
+async def test_autocommit_timeout_reports_the_confirmed_cancel(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """Outside a transaction, a timed-out statement is reported cancelled only once the server
+    confirmed it; the connection is kept."""
+    fake.on("pg_sleep", hang=True)
+    with pytest.raises(QueryTimeoutError, match="it was cancelled on the server"):
+        await pool.execute("SELECT pg_sleep(10)", timeout=0.05)
+    conn = _conn(fake)
+    assert (conn.cancel_requests, conn.closed) == (1, False)
+
+
+async def test_autocommit_statement_that_beat_its_cancel_returns_its_result(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """The statement completed before the cancel reached it: that is the truth, so the call
+    returns its result instead of claiming a cancellation."""
+    gate = asyncio.Event()
+    fake.on("^UPDATE", gate=gate, ignore_cancel=True, row_count=1)
+    task = asyncio.create_task(pool.execute("UPDATE t SET x = 1", timeout=0.05))
+    await until(lambda: bool(fake.connections) and _conn(fake).cancel_requests == 1)
+    gate.set()
+    assert (await task).row_count == 1
+
+
+async def test_timeout_inside_a_transaction_is_reported_at_once(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """Inside a transaction the caller hears at the deadline (the transaction cannot commit);
+    the release cancels the statement and rolls back."""
+    fake.on("pg_sleep", hang=True)
+    with pytest.raises(QueryTimeoutError, match="the transaction is rolled back"):
+        async with pool.transaction(timeout=0.05) as tx:
+            await tx.execute("SELECT pg_sleep(10)")
+    await _settled(pool)
+    assert "COMMIT" not in _sent(fake)
+    assert _sent(fake)[-1] == "ROLLBACK"
+
+
+async def test_nul_in_statement_is_refused_before_sending(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """libpq would stop at the NUL (DELETE FROM t\\0 WHERE ... deletes every row): refused."""
+    with pytest.raises(QueryParameterError, match="NUL"):
+        await pool.execute("DELETE FROM t\x00 WHERE id = 1")
+    assert "DELETE" not in " ".join(_sent(fake))
+    assert (await pool.execute("SELECT 1")).row == {"?column?": 1}
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ([1, {1, 2}], "index 1 has type set"),
+        ({"a": 1, "b": object()}, "key 'b' has type object"),
+        (["ok", "nul\x00"], "index 1 contains a NUL"),
+    ],
+)
+async def test_unadaptable_parameter_is_named(params: object, named: str) -> None:
+    """A parameter psycopg2 cannot adapt is named by index or key with its type; nothing is
+    sent and the pool stays healthy (real psycopg2 adaptation, fake transport)."""
+    from pgpool_core._manager import _bad_parameter
+
+    with pytest.raises(psycopg2.ProgrammingError) as raised:
+        psycopg2.extensions.adapt(object())
+    assert named in _bad_parameter(params, raised.value)
+
+
+@pytest.mark.parametrize("bad", ["5", True, float("nan"), float("inf"), 0, -1, [1]])
+async def test_bad_timeouts_are_settings_errors_everywhere(
+    pool: PoolManager, fake: FakeConnector, bad: object
+) -> None:
+    """A non-numeric, boolean or non-positive timeout is a SettingsError naming timeout, per
+    call and in transaction()/connector(); nothing is sent, the pool stays usable."""
+    calls = [
+        lambda: pool.execute("SELECT 1", timeout=bad),  # type: ignore[arg-type]
+        lambda: pool.callproc("f", timeout=bad),  # type: ignore[arg-type]
+    ]
+    for call in calls:
+        with pytest.raises(SettingsError, match="timeout"):
+            await call()
+    for context in (pool.transaction, pool.connector):
+        with pytest.raises(SettingsError, match="timeout"):
+            async with context(timeout=bad):  # type: ignore[operator]
+                pass
+    async with pool.connector() as connector:
+        with pytest.raises(SettingsError, match="timeout"):
+            await connector.execute("SELECT 1", timeout=bad)  # type: ignore[arg-type]
+    assert _sent(fake) == []
+    assert (await pool.execute("SELECT 1")).row == {"?column?": 1}
