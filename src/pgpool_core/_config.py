@@ -1,24 +1,20 @@
-"""Typed pool settings: defaults, parsing from mappings and the environment, validation, redaction.
+"""Typed pool settings: defaults, parsing from mappings and the environment, validation.
 
 Precedence, highest first: explicit keyword arguments, a mapping with ``postgres_*`` keys
 (e.g. Tornado application settings), ``POSTGRES_*`` environment variables, defaults.
+The URL is read, checked and redacted by :mod:`pgpool_core._redact` (libpq's reading).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
 import os
-import re
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg2.extensions
-
-from ._srv import srv_query_name
+from ._redact import redact_dsn, validate_url
 from .errors import SettingsError
 
 __all__ = ["PoolSettings", "redact_dsn"]
@@ -51,6 +47,7 @@ _KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("POSTGRES_LEAK_DETECTION_THRESHOLD",),
     ),
     "pgbouncer": (("postgres_pgbouncer",), ("POSTGRES_PGBOUNCER",)),
+    "resolve_commits": (("postgres_resolve_commits",), ("POSTGRES_RESOLVE_COMMITS",)),
     "enable_hstore": (("postgres_hstore",), ("POSTGRES_HSTORE",)),
     "enable_json": (("postgres_json",), ("POSTGRES_JSON",)),
     "enable_uuid": (("postgres_uuid",), ("POSTGRES_UUID",)),
@@ -59,49 +56,6 @@ _KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 _TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
 _FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
-
-_PASSWORD_KV = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s]*)", re.IGNORECASE)
-_PASSWORD_QUERY = re.compile(r"(password=)[^&#\s]*", re.IGNORECASE)
-_MASK = "***"
-
-
-def redact_dsn(dsn: str) -> str:
-    """Mask every password in a libpq URL or key=value DSN (userinfo, query, multi-host).
-
-    Conservative on malformed input: whatever libpq or a URL parser could read as a
-    password is masked.
-
-    >>> redact_dsn("postgresql://app:s3cret@db:5432/main?sslmode=require")
-    'postgresql://app:***@db:5432/main?sslmode=require'
-    """
-    if "://" not in dsn:
-        return _PASSWORD_KV.sub(lambda m: m.group(1) + _MASK, dsn)
-    scheme, rest = dsn.split("://", 1)
-    password = _userinfo_span(rest)
-    if password is not None:
-        start, end = password
-        rest = f"{rest[:start]}{_MASK}{rest[end:]}"
-    return _PASSWORD_QUERY.sub(lambda m: m.group(1) + _MASK, f"{scheme}://{rest}")
-
-
-def _userinfo_span(rest: str) -> tuple[int, int] | None:
-    """Where a password may sit in a URL after ``scheme://``: from the first ':' to the
-    last '@'. Deliberately wider than any one parser's reading (libpq looks for '@' up to
-    the first '/', URL parsers stop at '?' too), so malformed URLs never leak."""
-    at = rest.rfind("@")
-    colon = rest.find(":")
-    if at < 0 or colon < 0 or colon > at:
-        return None
-    return colon + 1, at
-
-
-def _userinfo_password(dsn: str) -> str | None:
-    """The password in a URL's userinfo, read as :func:`redact_dsn` masks it."""
-    rest = dsn.split("://", 1)[1]
-    span = _userinfo_span(rest)
-    if span is None or span[0] == span[1]:
-        return None
-    return rest[span[0] : span[1]]
 
 
 def _parse_bool(key: str, source: str, value: Any) -> bool:
@@ -179,6 +133,12 @@ class PoolSettings:
     :param pgbouncer: the URL points at PgBouncer in transaction pooling mode: statements
         that rely on session state (session ``SET``, ``LISTEN``, session advisory locks,
         ``PREPARE``, ``WITH HOLD`` cursors) log a warning, once per kind (default False).
+    :param resolve_commits: transactions read their id at ``BEGIN`` (same round trip), so
+        that a COMMIT whose answer is lost (connection dropped during COMMIT) is resolved
+        as committed or rolled back by ``txid_status`` on another connection instead of
+        raising :class:`~pgpool_core.CommitUnknownError`. Costs each transaction an id,
+        read-only ones included (default False; per transaction:
+        ``transaction(resolve_commit=...)``). *New in 0.2.*
     :param enable_hstore: register the hstore adapter (needs the extension; default False).
     :param enable_json: register aiopg's json adapter (default False).
     :param enable_uuid: register the uuid adapter (default True).
@@ -200,6 +160,7 @@ class PoolSettings:
     validate_idle_after: float = 1.0
     leak_detection_threshold: float = 0.0
     pgbouncer: bool = False
+    resolve_commits: bool = False
     enable_hstore: bool = False
     enable_json: bool = False
     enable_uuid: bool = True
@@ -318,52 +279,5 @@ def _coerce(name: str, source: str, value: Any) -> Any:
 
 
 def _validate_url(url: str) -> None:
-    if "://" in url:
-        scheme = url.split("://", 1)[0].lower()
-        if scheme.endswith("+srv"):
-            srv_query_name(url)  # raises SettingsError for unsupported schemes and shapes
-            if importlib.util.find_spec("aiodns") is None:
-                raise SettingsError(
-                    f"url: {scheme}:// needs the 'srv' extra (pip install 'pgpool[srv]')"
-                )
-            url = "postgresql://" + url.split("://", 1)[1]
-        elif scheme not in ("postgresql", "postgres"):
-            raise SettingsError(
-                f"url: unsupported scheme {scheme!r}; "
-                "expected postgresql://, postgres:// or a +srv variant"
-            )
-    try:
-        info = psycopg2.extensions.parse_dsn(url)
-    except (psycopg2.ProgrammingError, UnicodeDecodeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
-        shown, why = redact_dsn(url), _redact_text(reason, url)
-        raise SettingsError(f"url: {shown!r} is not a valid libpq URL or DSN ({why})") from None
-    for port in filter(None, info.get("port", "").split(",")):
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            # Redact before repr(): repr escapes characters (\r, \t...) a password may hold.
-            shown_port = repr(_redact_text(port, url))
-            raise SettingsError(f"url: invalid port {shown_port} in {redact_dsn(url)!r}")
-
-
-def _redact_text(text: str, dsn: str) -> str:
-    """Remove any password of ``dsn`` that a driver message may quote."""
-    passwords: set[str] = set()
-    try:
-        password = psycopg2.extensions.parse_dsn(dsn).get("password")
-    except (psycopg2.ProgrammingError, UnicodeDecodeError):
-        password = None
-    if password:
-        passwords.add(password)
-    if "://" in dsn:
-        found = _userinfo_password(dsn)
-        if found:
-            # Every reading a parser might make of it: percent-decoded, cut at an '@',
-            # or starting after any further ':' (an empty or odd user name).
-            readings = {found, found.split("@")[0]}
-            readings.update(found[i + 1 :] for i, c in enumerate(found) if c == ":")
-            passwords.update(readings | {urllib.parse.unquote(r) for r in readings})
-        for match in _PASSWORD_QUERY.finditer(dsn):
-            passwords.add(urllib.parse.unquote(match.group(0).split("=", 1)[1]))
-    for secret in sorted(filter(None, passwords), key=len, reverse=True):
-        text = text.replace(secret, _MASK)
-    return text
+    """Check ``url`` as libpq reads it (see :func:`pgpool_core._redact.validate_url`)."""
+    validate_url(url)

@@ -29,6 +29,7 @@ import psycopg2.extensions
 from ._classify import sqlstate
 from ._config import PoolSettings
 from ._connector import AiopgConnector, Connector, DriverConnection, TxStatus, UrlSource
+from ._redact import describe_error, passwords_in, pool_name
 from ._result import QueryResult
 from ._retry import RetryPolicy
 from ._state import PoolState, transition
@@ -1002,6 +1003,13 @@ class PoolManager:
             return slot.conn.result()
         if isinstance(error, psycopg2.extensions.QueryCanceledError):
             raise _interrupted(stopped, deadline, "; it was cancelled on the server") from None
+        if slot.conn.closed:
+            raise _interrupted(
+                stopped,
+                deadline,
+                "; the connection closed before the server confirmed the cancel:"
+                " the statement may or may not have completed",
+            ) from error
         raise error
 
     async def _cancel_statement(self, conn: DriverConnection, ended: asyncio.Future[None]) -> bool:
@@ -1647,14 +1655,10 @@ def _call_site() -> str:
 def _describe(exc: BaseException, url: str, *passwords: str) -> str:
     """A one-line description of a connect or driver error, without any password of
     ``url`` (or ``passwords``)."""
-    from ._redact import describe_error, passwords_in
-
     return describe_error(exc, passwords_in(url) | set(passwords))
 
 
 def _pool_name(url: str) -> str:
     """``host:port/dbname`` from libpq's reading of a valid URL; never credentials, never
     raw URL text (``pgpool`` for no URL or an invalid one)."""
-    from ._redact import pool_name
-
     return pool_name(url)

@@ -27,6 +27,7 @@ URL = "postgresql://app@db:5432/main"
         ("validate_idle_after", 1.0),
         ("leak_detection_threshold", 0.0),
         ("pgbouncer", False),
+        ("resolve_commits", False),
         ("enable_hstore", False),
         ("enable_json", False),
         ("enable_uuid", True),
@@ -42,7 +43,7 @@ def test_every_default(name: str, default: object) -> None:
 
 def test_no_field_is_left_without_a_default_test() -> None:
     """The parametrized default test above covers every field."""
-    assert len(dataclasses.fields(PoolSettings)) == 17
+    assert len(dataclasses.fields(PoolSettings)) == 18
 
 
 def test_sprockets_postgres_keys_map_to_fields() -> None:

@@ -9,7 +9,14 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pgpool_core import ConfigurationError, PoolSettings, SettingsError, SrvRecord, redact_dsn
+from pgpool_core import (
+    ConfigurationError,
+    PoolManager,
+    PoolSettings,
+    SettingsError,
+    SrvRecord,
+    redact_dsn,
+)
 from pgpool_core._config import _KEYS
 from pgpool_core._connector import _targets, _typed
 from pgpool_core._srv import srv_query_name, srv_to_url
@@ -101,6 +108,12 @@ _text = st.text(alphabet=string.printable + "éß\u2028\x00", max_size=60)
 
 @settings(max_examples=300, deadline=None)
 @example(scheme="postgresql", user=":@", host="\r@", rest="")  # a port quoting the password
+@example(scheme="postgresql", user="app", host="x@db", rest="main")  # '@': host 'x@db'
+@example(scheme="postgresql", user="app", host="db", rest="m?password=x@h")  # '?' in userinfo
+@example(scheme="postgresql+srv", user="app", host="[::1]", rest="")  # urllib quoted '[...]'
+@example(scheme="", user="host=db", host="", rest="x")  # 'missing "=" after' quoted input
+@example(scheme="", user="host=db", host="", rest="passwordx=1")  # unknown option quoted
+@example(scheme="", user="x+srv://", host="", rest="")  # '://' in a key=value DSN
 @given(
     scheme=st.sampled_from(
         ["postgresql", "postgres", "postgresql+srv", "aws+srv", "mysql", "http", "", "x+srv"]
@@ -113,7 +126,8 @@ def test_fuzzed_urls_only_ever_raise_settings_error_without_the_password(
     scheme: str, user: str, host: str, rest: str
 ) -> None:
     """Whatever the URL, parsing either succeeds or raises SettingsError, and neither the
-    error nor the repr ever contains the password."""
+    error (nor anything it chains to), the repr, the pool's name nor its repr ever contains
+    the password or a fragment of it (4+ characters not found elsewhere in the URL)."""
     url = (
         f"{scheme}://{user}:{SECRET}@{host}/{rest}"
         if scheme
@@ -123,10 +137,33 @@ def test_fuzzed_urls_only_ever_raise_settings_error_without_the_password(
         parsed = PoolSettings(url=url)
     except SettingsError as exc:
         shown = [str(exc)]
+        shown += _chain(exc)
     else:
         shown = [repr(parsed), str(parsed.as_dict())]
+        pool = PoolManager(url)
+        shown += [repr(pool), pool.name]
     shown.append(redact_dsn(url))
     assert not [text for text in shown if SECRET in text]
+    elsewhere = url.replace(SECRET, "\x00")
+    pieces = [
+        SECRET[i:j]
+        for i in range(len(SECRET))
+        for j in range(i + 4, len(SECRET) + 1)
+        if SECRET[i:j] not in elsewhere
+    ]
+    assert not [(p, text) for text in shown for p in pieces if p in text]
+
+
+def _chain(exc: BaseException) -> list[str]:
+    """str() and repr() of ``exc`` and of every exception it chains to."""
+    texts: list[str] = []
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is not None:
+            texts += [str(current), repr(current)]
+            todo += [current.__cause__, current.__context__]
+    return texts
 
 
 @settings(max_examples=300, deadline=None)
