@@ -1282,7 +1282,10 @@ class PoolManager:
             if xid is None or cancelled is not None:
                 self._log_cancelled_commit(cancelled, xid, "unknown")
                 raise
-            await self._resolve_commit(xid, unknown)  # returns if it committed
+            try:
+                await self._resolve_commit(xid, unknown)  # returns if it committed
+            except asyncio.CancelledError as late:
+                self._log_cancelled_commit(late, xid, "unknown")
         except BaseException:
             self._log_cancelled_commit(cancelled, xid, "rolled back")
             raise
