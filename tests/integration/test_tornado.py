@@ -4,6 +4,7 @@ hooks, status and recovery, each produced by a real database condition."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -95,6 +96,35 @@ class FailingTransactionHandler(Handler):
             await tx.execute("INSERT INTO items VALUES (100, 'duplicate')")
 
 
+class CaughtErrorTransactionHandler(Handler):
+    """Catches the duplicate inside the transaction and goes on (used to report success
+    while PostgreSQL silently rolled everything back)."""
+
+    async def post(self) -> None:
+        async with self.postgres_transaction() as tx:
+            await tx.execute("INSERT INTO items VALUES (200, 'kept?')")
+            with contextlib.suppress(psycopg2.IntegrityError):
+                await tx.execute("INSERT INTO items VALUES (200, 'duplicate')")
+        self.write({"committed": True})
+
+
+class SwallowingTransactionHandler(CaughtErrorTransactionHandler):
+    """on_postgres_error returning None swallows statement errors, never the outcome."""
+
+    def on_postgres_error(self, metric_name: str, exc: Exception) -> Exception | None:
+        return None
+
+
+class SlowTransactionHandler(Handler):
+    """Application work past the transaction's timeout before leaving the block."""
+
+    async def post(self) -> None:
+        async with self.postgres_transaction(timeout=0.2) as tx:
+            await tx.execute("INSERT INTO items VALUES (300, 'late')")
+            await asyncio.sleep(0.25)
+        self.write({"committed": True})
+
+
 class ProcHandler(Handler):
     async def get(self) -> None:
         self.send(await self.postgres_callproc("add_one", [41], "add-one"))
@@ -145,6 +175,9 @@ ROUTES: list[Any] = [
     (r"/sleep", SleepHandler),
     (r"/hold", HoldHandler),
     (r"/tx-fail", FailingTransactionHandler),
+    (r"/tx-caught", CaughtErrorTransactionHandler),
+    (r"/tx-swallowed", SwallowingTransactionHandler),
+    (r"/tx-slow", SlowTransactionHandler),
     (r"/proc", ProcHandler),
     (r"/app-name", AppNameHandler),
     (r"/swallow", SwallowHandler),
@@ -353,6 +386,60 @@ async def test_failed_transaction_is_rolled_back(
     with psycopg2.connect(postgres_db_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM items")
         assert cur.fetchone() == (0,)
+
+
+def _item_ids(url: str) -> list[int]:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT id FROM items ORDER BY id")
+        ids = [int(row[0]) for row in cur.fetchall()]
+    conn.close()
+    return ids
+
+
+async def test_transaction_outcomes_over_http_are_what_the_server_did(
+    app_and_client: tuple[Application, Client], postgres_db_url: str
+) -> None:
+    """A caught duplicate inside postgres_transaction answers 409 Unique Violation (mapped
+    like the original error), one swallowed by on_postgres_error still fails, a block past
+    its timeout answers 500 Query Timeout; none of their rows is on the server."""
+    _, call = app_and_client
+    caught = await call("/tx-caught", "POST")
+    assert (caught.code, problem(caught)["title"], problem(caught)["sqlstate"]) == (
+        409,
+        "Unique Violation",
+        "23505",
+    )
+    swallowed = await call("/tx-swallowed", "POST")
+    assert swallowed.code == 500
+    assert b"committed" not in swallowed.body
+    slow = await call("/tx-slow", "POST")
+    assert (slow.code, problem(slow)["title"]) == (500, "Query Timeout")
+    assert _item_ids(postgres_db_url) == []
+
+
+async def test_cancelled_postgres_stop_still_stops_the_pool(
+    postgres_db_url: str, postgres_server: PostgresServer
+) -> None:
+    """postgres_stop cancelled while a statement runs: the pool still stops, the statement
+    is cancelled on the server, and a later postgres_stop completes and forgets the pool."""
+    app = Application(ROUTES, postgres_url=postgres_db_url)
+    await app.postgres_start()
+    pool = app.postgres_pool
+    assert pool is not None
+    statement = asyncio.create_task(pool.execute("SELECT pg_sleep(10)"))
+    db = database_of(postgres_db_url)
+    await wait_for_condition(
+        lambda: any(r["state"] == "active" for r in postgres_server.activity(db))
+    )
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(app.postgres_stop(5), 0.3)
+    assert app.postgres_pool is pool  # still known: a later stop joins it
+    await app.postgres_stop(0.2)
+    assert app.postgres_pool is None
+    assert pool.state is PoolState.CLOSED
+    with pytest.raises(Exception, match="pool stopped"):
+        await statement
+    await wait_for_condition(lambda: not postgres_server.activity(db), timeout=2.0)
 
 
 async def test_callproc_and_application_name(
