@@ -4,6 +4,8 @@ Workloads (pool size 10 unless said):
   W1  SELECT 1 including acquire/release, at 1, 16 and 64 concurrent tasks
   W2  100 rows x 5 columns returned as dicts, 16 tasks
   W3  BEGIN / UPDATE a random row / COMMIT, 16 tasks
+  W3 xid  W3 with ``resolve_commit=True`` (BEGIN reads the transaction id, so that a lost
+      COMMIT can be resolved by txid_status): the cost of that option
   starved  200 tasks on a pool of 10: latency p50/p99 and tasks that completed nothing
 
 Each round runs A then B (order alternating) for a fixed time; the reported ratio is the
@@ -85,6 +87,8 @@ class Raw:
             )
             await cur.execute("COMMIT")
 
+    update_xid = update  # the baseline has no such option
+
 
 class Ours:
     def __init__(self, pool: PoolManager) -> None:
@@ -98,6 +102,12 @@ class Ours:
 
     async def update(self) -> None:
         async with self.pool.transaction() as tx:
+            await tx.execute(
+                "UPDATE bench_tx SET n = n + 1 WHERE id = %s", [random.randrange(1000)]
+            )
+
+    async def update_xid(self) -> None:
+        async with self.pool.transaction(resolve_commit=True) as tx:
             await tx.execute(
                 "UPDATE bench_tx SET n = n + 1 WHERE id = %s", [random.randrange(1000)]
             )
@@ -128,6 +138,7 @@ async def compare(url: str, rounds: int, seconds: float) -> list[str]:
         ("W1 c=64", "select1", 64),
         ("W2", "rows", 16),
         ("W3", "update", 16),
+        ("W3 xid", "update_xid", 16),
     ]
     for side in (raw, ours):  # warm both pools: connections open, caches hot
         await run_for(side.select1, 10, 0.3)

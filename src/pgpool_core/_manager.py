@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -141,6 +142,8 @@ class _Slot:
     running: asyncio.Future[None] | None = None
     # Once the caller stopped waiting: the running statement's real end (result or error).
     outcome: asyncio.Future[None] | None = None
+    # The running statement is a COMMIT: nothing may cut it before its own bound.
+    committing: bool = False
     acquired_at: float = 0.0
     # Bumped on failover: connections of an older generation are not reused.
     generation: int = 0
@@ -448,6 +451,9 @@ class PoolManager:
         releases the connection, which cancels the statement on the server) and close
         connections held idle by callers (they find them closed)."""
         for slot in list(self._busy_slots):
+            if slot.committing:
+                _fail(slot.running, _Stopped())  # COMMIT runs on until its own bound
+                continue
             if _interrupt(slot, _Stopped()):
                 continue
             if not slot.conn.is_busy():
@@ -1272,8 +1278,8 @@ class PoolManager:
                 exc,
             ) from exc
         answer.add_done_callback(_consume)
-        cancelled = await await_answer(
-            answer, deadline.at + self.settings.cancel_timeout, self._now
+        cancelled = await self._await_commit(
+            slot, answer, deadline.at + self.settings.cancel_timeout
         )
         try:
             self._commit_answered(conn, answer, failure)
@@ -1290,6 +1296,35 @@ class PoolManager:
             self._log_cancelled_commit(cancelled, xid, "rolled back")
             raise
         self._log_cancelled_commit(cancelled, xid, "committed")
+
+    async def _await_commit(
+        self, slot: _Slot, answer: asyncio.Future[None], until: float
+    ) -> asyncio.CancelledError | None:
+        """Wait for COMMIT's ``answer`` until ``until`` (the pool's deadline timer bounds it);
+        neither the caller's cancellation nor stop() cuts the wait. Returns the caller's
+        cancellation, to be re-raised once the outcome is known."""
+        assert self._loop is not None
+        assert self._run_deadlines is not None
+        # The caller awaits a guard, never the answer itself: cancelling the caller cancels
+        # the guard, and the answer still arrives.
+        guard: asyncio.Future[None] = self._loop.create_future()
+        answer.add_done_callback(functools.partial(_settle_guard, guard))
+        slot.running, slot.committing = guard, True
+        timers = self._run_deadlines
+        timers.add(slot, until, _COMMIT)
+        try:
+            await guard
+        except asyncio.CancelledError as cancelled:
+            await await_answer(answer, until, self._now)  # the slow path: keeps waiting
+            return cancelled
+        except _Stopped:
+            await await_answer(answer, until, self._now)
+        except _Expired:
+            pass  # no answer by the bound: the caller reports it unknown
+        finally:
+            timers.discard(slot)
+            slot.running, slot.committing = None, False
+        return None
 
     def _commit_answered(
         self, conn: DriverConnection, answer: asyncio.Future[None], failure: BaseException | None
@@ -1601,8 +1636,25 @@ def _interrupt(slot: _Slot, reason: Exception) -> bool:
     return True
 
 
-def _expire_run(slot: _Slot, _payload: object) -> None:
-    _interrupt(slot, _Expired())
+def _expire_run(slot: _Slot, payload: object) -> None:
+    if payload is _COMMIT:
+        _fail(slot.running, _Expired())  # the answer itself is left to arrive
+    else:
+        _interrupt(slot, _Expired())
+
+
+def _fail(future: asyncio.Future[None] | None, reason: Exception) -> None:
+    if future is not None and not future.done():
+        future.set_exception(reason)
+
+
+def _settle_guard(guard: asyncio.Future[None], _answer: asyncio.Future[None]) -> None:
+    if not guard.done():
+        guard.set_result(None)
+
+
+#: Deadline-timer payload of a COMMIT being awaited (expiry must not touch its answer).
+_COMMIT = object()
 
 
 def _interrupted(stopped: Exception, deadline: Deadline, what: str) -> PoolError:
