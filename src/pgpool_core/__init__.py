@@ -8,14 +8,8 @@ from __future__ import annotations
 from ._classify import ErrorKind, classify, sqlstate
 from ._config import PoolSettings, redact_dsn
 from ._connector import AiopgConnector, Connector, DriverConnection, TxStatus, UrlSource
-from ._manager import (
-    OnDuration,
-    OnError,
-    PoolManager,
-    PoolObserver,
-    PoolStatus,
-    PostgresConnector,
-)
+from ._manager import OnDuration, OnError, PoolManager, PostgresConnector
+from ._metrics import PoolObserver, PoolStatus
 from ._result import QueryResult
 from ._retry import RetryPolicy
 from ._srv import SrvRecord, SrvResolver

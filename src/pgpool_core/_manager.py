@@ -14,15 +14,13 @@ import dataclasses
 import functools
 import itertools
 import logging
-import os
 import random
 import re
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions
@@ -30,6 +28,8 @@ import psycopg2.extensions
 from ._classify import sqlstate
 from ._config import PoolSettings
 from ._connector import AiopgConnector, Connector, DriverConnection, TxStatus, UrlSource
+from ._leaks import LeakDetector, NoLeakDetector
+from ._metrics import PoolObserver, PoolStatus, Recorder
 from ._redact import describe_error, passwords_in, pool_name
 from ._result import QueryResult
 from ._retry import RetryPolicy
@@ -65,27 +65,7 @@ LOGGER = logging.getLogger("pgpool")
 OnError = Callable[[str, Exception], "Exception | None"]
 OnDuration = Callable[[str, float], None]
 
-_COUNTERS = (
-    "requests_num",
-    "requests_queued",
-    "requests_wait_ms",
-    "requests_errors",
-    "usage_ms",
-    "returns_bad",
-    "connections_num",
-    "connections_ms",
-    "connections_errors",
-    "connections_lost",
-    "query_timeouts",
-    "leaks_detected",
-    "failovers",
-)
 
-# Frames from these directories are the pool's own, never a "holder" of a connection.
-_INTERNAL_DIRS = (
-    os.path.dirname(__file__),
-    os.path.dirname(contextlib.__file__),
-)
 #: SQLSTATE of a write on a read-only server: after a failover the pool talks to a standby.
 READ_ONLY_SQL_TRANSACTION = "25006"
 #: Statements that need session state, which PgBouncer's transaction pooling does not keep.
@@ -105,32 +85,6 @@ RECENT_SUCCESS = 1.0
 STATUS_CHECK_TIMEOUT = 1.0
 
 
-class PoolObserver(Protocol):
-    """Receives the pool's events, for metrics exporters (see ``pgpool_core.otel`` and
-    ``pgpool_core.prometheus``). Called on the event loop; must not block. Sizes are read
-    from :meth:`PoolManager.stats` when needed.
-
-    .. versionadded:: 0.1
-    """
-
-    def connection_created(self, pool: PoolManager, seconds: float) -> None:
-        """A connection opened, taking ``seconds``."""
-
-    def connection_waited(self, pool: PoolManager, seconds: float) -> None:
-        """A request got a connection after ``seconds`` (0 when one was idle)."""
-
-    def connection_used(self, pool: PoolManager, seconds: float) -> None:
-        """A connection came back after being held ``seconds``."""
-
-    def acquire_timed_out(self, pool: PoolManager) -> None:
-        """A request gave up waiting for a connection (``PoolTimeoutError``)."""
-
-    def operation_finished(
-        self, pool: PoolManager, seconds: float, error: BaseException | None
-    ) -> None:
-        """A caller's statement finished after ``seconds``, failed with ``error`` if set."""
-
-
 @dataclass(eq=False)
 class _Slot:
     conn: DriverConnection
@@ -147,34 +101,6 @@ class _Slot:
     acquired_at: float = 0.0
     # Bumped on failover: connections of an older generation are not reused.
     generation: int = 0
-
-
-@dataclass(frozen=True)
-class PoolStatus:
-    """A snapshot of the pool for health checks and dashboards.
-
-    ``available`` comes from a real outcome: a success within the last second, or a
-    bounded ``SELECT 1``. Sizes count open connections (``pool_size``) and idle ones
-    (``pool_free``).
-    """
-
-    state: str
-    available: bool
-    pool_size: int
-    pool_free: int
-    pool_min: int
-    pool_max: int
-    in_use: int
-    waiting: int
-    connecting: int
-    name: str
-    last_error: str | None
-    counters: Mapping[str, int]
-
-    def as_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["counters"] = dict(self.counters)
-        return data
 
 
 class PoolManager:
@@ -253,11 +179,11 @@ class PoolManager:
         self._down_since: float | None = None
         self._generation = 0
         self._last_drain = float("-inf")
-        self._leak_deadlines: DeadlineTimer | None = None
+        self._leaks: NoLeakDetector = NoLeakDetector()
         self._cancel_threads = 0
         self._session_state_warned: set[str] = set()
-        self._observers: tuple[PoolObserver, ...] = ()
-        self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._metrics = Recorder(self)
+        self._counters = self._metrics.counters
         self._last_success = float("-inf")
         self._healthy = False
         self._last_error: str | None = None
@@ -273,10 +199,10 @@ class PoolManager:
 
     def add_observer(self, observer: PoolObserver) -> None:
         """Send the pool's events to ``observer`` (metrics exporters)."""
-        self._observers = (*self._observers, observer)
+        self._metrics.add(observer)
 
     def remove_observer(self, observer: PoolObserver) -> None:
-        self._observers = tuple(o for o in self._observers if o is not observer)
+        self._metrics.remove(observer)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -320,7 +246,13 @@ class PoolManager:
         self._wait_deadlines = DeadlineTimer(self._loop, self._now, self._expire_waiter)
         self._run_deadlines = DeadlineTimer(self._loop, self._now, _expire_run)
         if self.settings.leak_detection_threshold > 0:
-            self._leak_deadlines = DeadlineTimer(self._loop, self._now, self._report_leak)
+            self._leaks = LeakDetector(
+                self._loop,
+                self._now,
+                self.settings.leak_detection_threshold,
+                lambda: self.name,
+                self._count_leak,
+            )
         if not wait:
             # With wait, wait_ready's request starts the first connects itself, so their
             # failure is its failure (see _connect_failed).
@@ -423,7 +355,8 @@ class PoolManager:
             task.cancel()  # connects, and settles stuck behind a lost cancel
         if tasks:
             await asyncio.wait(tasks, timeout=cancel_bound)
-        for timers in (self._wait_deadlines, self._run_deadlines, self._leak_deadlines):
+        self._leaks.close()
+        for timers in (self._wait_deadlines, self._run_deadlines):
             if timers is not None:
                 timers.close()
         self._state = transition(self._state, PoolState.CLOSED)
@@ -535,10 +468,7 @@ class PoolManager:
             return False
         self._connecting -= 1
         now = self._now()
-        self._counters["connections_num"] += 1
-        self._counters["connections_ms"] += int((now - started) * 1000)
-        for observer in self._observers:
-            observer.connection_created(self, now - started)
+        self._metrics.connection_created(now - started)
         self._mark_success(now)
         if not self._named:
             last_url = getattr(self._connector, "last_url", None)
@@ -568,7 +498,7 @@ class PoolManager:
         return True
 
     def _connect_failed(self, exc: BaseException, cutoff: int) -> None:
-        self._counters["connections_errors"] += 1
+        self._counters.connections_errors += 1
         self._healthy = False
         self._last_error = self._describe(exc)
         error_type = (
@@ -592,7 +522,7 @@ class PoolManager:
             if not waiter.done():
                 if self._waiter_seq.get(waiter, cutoff) >= cutoff:
                     break
-                self._counters["requests_errors"] += 1
+                self._counters.requests_errors += 1
                 waiter.set_exception(error_type(message))
             self._waiters.popleft()
         self._grow()
@@ -621,12 +551,8 @@ class PoolManager:
 
     def _untake(self, slot: _Slot) -> None:
         self._busy_slots.discard(slot)
-        if self._observers:
-            held = self._now() - slot.acquired_at
-            for observer in self._observers:
-                observer.connection_used(self, held)
-        if self._leak_deadlines is not None:
-            self._leak_deadlines.discard(slot)
+        self._metrics.connection_used(self._now() - slot.acquired_at)
+        self._leaks.forget(slot)
         if not self._busy_slots and self._state is PoolState.CLOSING:
             self._wake_stop("drained")
 
@@ -647,13 +573,13 @@ class PoolManager:
             slot.conn.close()
         self._size -= 1
         if bad:
-            self._counters["returns_bad"] += 1
+            self._counters.returns_bad += 1
         self._grow()
 
     def _drop_idle(self, slot: _Slot) -> None:
         """Close a connection taken from the idle list; count it lost if it died there."""
         if slot.conn.closed:
-            self._counters["connections_lost"] += 1
+            self._counters.connections_lost += 1
         self._discard(slot, bad=False)
 
     def _mark_success(self, now: float) -> None:
@@ -673,7 +599,7 @@ class PoolManager:
             return
         self._last_drain = now
         self._generation += 1
-        self._counters["failovers"] += 1
+        self._counters.failovers += 1
         LOGGER.warning(
             "pool %s: write on a read-only server (SQLSTATE 25006); reconnecting %d connection(s)",
             self.name,
@@ -690,7 +616,7 @@ class PoolManager:
         if state is not PoolState.OPEN and state is not PoolState.RECONNECTING:
             raise PoolClosedError(f"pool {self.name} is {state.value}")
         counters = self._counters
-        counters["requests_num"] += 1
+        counters.requests_num += 1
         now = self._now()
         wait = self.settings.acquire_timeout
         if deadline is not None and deadline - now < wait:
@@ -717,7 +643,7 @@ class PoolManager:
                 now = self._now()
         max_waiting = self.settings.max_waiting
         if max_waiting and len(self._waiters) >= max_waiting:
-            counters["requests_errors"] += 1
+            counters.requests_errors += 1
             raise TooManyRequestsError(
                 f"pool {self.name}: {len(self._waiters)} requests already waiting "
                 f"(max_waiting={max_waiting})"
@@ -728,7 +654,7 @@ class PoolManager:
         self._waiters.append(waiter)
         self._waiter_seq[waiter] = self._arrivals
         self._arrivals += 1
-        counters["requests_queued"] += 1
+        counters.requests_queued += 1
         self._grow()
         # The deadline timer fails an expired waiter and takes it off the queue; hand-offs
         # pop waiters themselves, so the queue is never searched on the hot path.
@@ -747,7 +673,7 @@ class PoolManager:
         finally:
             timers.discard(waiter)
             del self._waiter_seq[waiter]
-            counters["requests_wait_ms"] += int((self._now() - now) * 1000)
+            counters.requests_wait_ms += int((self._now() - now) * 1000)
 
     async def _validate(self, slot: _Slot, wait_until: float) -> bool:
         """A bounded ``SELECT 1`` on a checked-out slot; a dead one is dropped and counted.
@@ -777,9 +703,9 @@ class PoolManager:
             return
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
-        self._counters["requests_errors"] += 1
         if self._state is PoolState.RECONNECTING:
             # Not a busy pool: the database is unreachable (e.g. connects hang).
+            self._counters.requests_errors += 1
             waiter.set_exception(
                 PoolUnavailableError(
                     f"cannot connect to {self.name} within {wait:.3f} s: "
@@ -787,8 +713,7 @@ class PoolManager:
                 )
             )
             return
-        for observer in self._observers:
-            observer.acquire_timed_out(self)
+        self._metrics.acquire_timed_out()
         waiter.set_exception(
             PoolTimeoutError(
                 f"pool {self.name}: no connection free within {wait:.3f} s "
@@ -820,7 +745,6 @@ class PoolManager:
             self._spawn(self._rollback_then_release(slot), "rollback")
             return
         self._untake(slot)
-        self._counters["usage_ms"] += int((self._now() - slot.acquired_at) * 1000)
         self._retire_or_reuse(slot, bad=bad, status=status)
 
     def _retire_or_reuse(self, slot: _Slot, *, bad: bool, status: TxStatus) -> None:
@@ -939,7 +863,7 @@ class PoolManager:
                 " there); nothing was sent"
             )
         if deadline.at <= self._now():
-            self._counters["query_timeouts"] += 1
+            self._counters.query_timeouts += 1
             raise QueryTimeoutError(
                 f"the {deadline.total:.3f} s timeout passed before the statement was sent;"
                 " nothing was sent"
@@ -964,12 +888,12 @@ class PoolManager:
             await future
         except (_Expired, _Stopped) as stopped:
             if isinstance(stopped, _Expired):
-                self._counters["query_timeouts"] += 1
+                self._counters.query_timeouts += 1
             if in_transaction:
                 raise _interrupted(stopped, deadline, "; the transaction is rolled back") from None
             return await self._confirm_cancel(slot, stopped, deadline)
         except psycopg2.extensions.QueryCanceledError as error:
-            self._counters["query_timeouts"] += 1
+            self._counters.query_timeouts += 1
             message = str(error.pgerror or error).strip()
             raise QueryTimeoutError(f"statement cancelled by the server: {message}") from error
         except psycopg2.Error as error:
@@ -1048,12 +972,9 @@ class PoolManager:
         else:
             deadline = Deadline.after(asked, timeout)
             slot = await self._acquire(deadline.at)
-        if self._observers:
-            waited = slot.acquired_at - asked
-            for observer in self._observers:
-                observer.connection_waited(self, max(waited, 0.0))
-        if self._leak_deadlines is not None:
-            self._watch_for_leak(slot, metric_name)
+        if self._metrics.observers:
+            self._metrics.connection_waited(max(slot.acquired_at - asked, 0.0))
+        self._leaks.watch(slot, slot.acquired_at, metric_name)
         return slot, deadline
 
     def _warn_session_state(self, sql: str) -> None:
@@ -1067,20 +988,8 @@ class PoolManager:
                     kind,
                 )
 
-    def _watch_for_leak(self, slot: _Slot, metric_name: str) -> None:
-        assert self._leak_deadlines is not None
-        holder = f"metric {metric_name!r}" if metric_name else _call_site()
-        threshold = self.settings.leak_detection_threshold
-        self._leak_deadlines.add(slot, slot.acquired_at + threshold, holder)
-
-    def _report_leak(self, slot: _Slot, holder: str) -> None:
-        self._counters["leaks_detected"] += 1
-        LOGGER.warning(
-            "pool %s: connection held longer than %.3f s (leak_detection_threshold) by %s",
-            self.name,
-            self.settings.leak_detection_threshold,
-            holder,
-        )
+    def _count_leak(self) -> None:
+        self._counters.leaks_detected += 1
 
     def _release_after(self, slot: _Slot, exc: BaseException) -> None:
         """Release after a failed call; a driver error on a dead connection discards it."""
@@ -1181,7 +1090,7 @@ class PoolManager:
                 return _swallow_or_raise(on_error, metric_name, exc)
             raise
         finally:
-            if on_duration is not None or self._observers:
+            if on_duration is not None or self._metrics.observers:
                 self._finished(metric_name, self._now() - started, failure, on_duration)
         self._release(slot)
         return result
@@ -1196,8 +1105,7 @@ class PoolManager:
         """A caller's statement ended: timing hook and observers."""
         if on_duration is not None:
             on_duration(metric_name, seconds)
-        for observer in self._observers:
-            observer.operation_finished(self, seconds, failure)
+        self._metrics.operation_finished(seconds, failure)
 
     @contextlib.asynccontextmanager
     async def transaction(
@@ -1401,7 +1309,7 @@ class PoolManager:
             "pool_available": len(self._idle),
             "requests_waiting": len(self._waiters),
         }
-        data.update(self._counters)
+        data.update(self._counters.as_dict())
         return data
 
     async def status(self) -> PoolStatus:
@@ -1418,7 +1326,7 @@ class PoolManager:
             connecting=self._connecting,
             name=self.name,
             last_error=self._last_error,
-            counters=dict(self._counters),
+            counters=self._counters.as_dict(),
         )
 
     async def _check_available(self) -> bool:
@@ -1534,7 +1442,7 @@ class PostgresConnector:
             failure = exc
             raise
         finally:
-            if self._on_duration is not None or pool._observers:
+            if self._on_duration is not None or pool._metrics.observers:
                 pool._finished(metric_name, pool._now() - started, failure, self._on_duration)
         if self._in_transaction:
             self._after_statement()
@@ -1694,17 +1602,6 @@ def _resolve(future: asyncio.Future[str], value: str) -> None:
 def _consume(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-def _call_site() -> str:
-    """``file:line in function`` of the nearest caller outside pgpool (for leak reports)."""
-    frame: Any = sys._getframe(2)
-    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL_DIRS):
-        frame = frame.f_back
-    if frame is None:
-        return "unknown call site"
-    code = frame.f_code
-    return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}"
 
 
 def _describe(exc: BaseException, url: str, *passwords: str) -> str:

@@ -1,0 +1,138 @@
+"""What the pool counts and tells: typed counters, the observer protocol, the status record,
+and the one recorder that bumps a counter and notifies observers in the same call."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ._manager import PoolManager
+
+__all__ = ["Counters", "PoolObserver", "PoolStatus", "Recorder"]
+
+
+class PoolObserver(Protocol):
+    """Receives the pool's events, for metrics exporters (see ``pgpool_core.otel`` and
+    ``pgpool_core.prometheus``). Called on the event loop; must not block. Sizes are read
+    from :meth:`PoolManager.stats` when needed.
+
+    .. versionadded:: 0.1
+    """
+
+    def connection_created(self, pool: PoolManager, seconds: float) -> None:
+        """A connection opened, taking ``seconds``."""
+
+    def connection_waited(self, pool: PoolManager, seconds: float) -> None:
+        """A request got a connection after ``seconds`` (0 when one was idle)."""
+
+    def connection_used(self, pool: PoolManager, seconds: float) -> None:
+        """A connection came back after being held ``seconds``."""
+
+    def acquire_timed_out(self, pool: PoolManager) -> None:
+        """A request gave up waiting for a connection (``PoolTimeoutError``)."""
+
+    def operation_finished(
+        self, pool: PoolManager, seconds: float, error: BaseException | None
+    ) -> None:
+        """A caller's statement finished after ``seconds``, failed with ``error`` if set."""
+
+
+@dataclass(slots=True)
+class Counters:
+    """The pool's counters, under psycopg_pool's names where it has them (``*_ms`` in ms)."""
+
+    requests_num: int = 0
+    requests_queued: int = 0
+    requests_wait_ms: int = 0
+    requests_errors: int = 0
+    usage_ms: int = 0
+    returns_bad: int = 0
+    connections_num: int = 0
+    connections_ms: int = 0
+    connections_errors: int = 0
+    connections_lost: int = 0
+    query_timeouts: int = 0
+    leaks_detected: int = 0
+    failovers: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in _COUNTER_NAMES}
+
+
+_COUNTER_NAMES = tuple(field.name for field in dataclasses.fields(Counters))
+
+
+@dataclass(frozen=True)
+class PoolStatus:
+    """A snapshot of the pool for health checks and dashboards.
+
+    ``available`` comes from a real outcome: a success within the last second, or a
+    bounded ``SELECT 1``. ``pool_size`` counts open connections, ``pool_free`` idle ones,
+    ``connecting`` those being opened.
+    """
+
+    state: str
+    available: bool
+    pool_size: int
+    pool_free: int
+    pool_min: int
+    pool_max: int
+    in_use: int
+    waiting: int
+    connecting: int
+    name: str
+    last_error: str | None
+    counters: Mapping[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["counters"] = dict(self.counters)
+        return data
+
+
+class Recorder:
+    """Counts the pool's events and tells the observers, one method per event.
+
+    ``subject`` is what observers are told the events are about (the pool); the recorder
+    only passes it on.
+    """
+
+    __slots__ = ("counters", "observers", "subject")
+
+    def __init__(self, subject: Any) -> None:
+        self.subject = subject
+        self.counters = Counters()
+        self.observers: tuple[PoolObserver, ...] = ()
+
+    def add(self, observer: PoolObserver) -> None:
+        self.observers = (*self.observers, observer)
+
+    def remove(self, observer: PoolObserver) -> None:
+        self.observers = tuple(o for o in self.observers if o is not observer)
+
+    def connection_created(self, seconds: float) -> None:
+        self.counters.connections_num += 1
+        self.counters.connections_ms += int(seconds * 1000)
+        for observer in self.observers:
+            observer.connection_created(self.subject, seconds)
+
+    def connection_waited(self, seconds: float) -> None:
+        for observer in self.observers:
+            observer.connection_waited(self.subject, seconds)
+
+    def connection_used(self, seconds: float) -> None:
+        self.counters.usage_ms += int(seconds * 1000)
+        for observer in self.observers:
+            observer.connection_used(self.subject, seconds)
+
+    def acquire_timed_out(self) -> None:
+        self.counters.requests_errors += 1
+        for observer in self.observers:
+            observer.acquire_timed_out(self.subject)
+
+    def operation_finished(self, seconds: float, error: BaseException | None) -> None:
+        for observer in self.observers:
+            observer.operation_finished(self.subject, seconds, error)
