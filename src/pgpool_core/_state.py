@@ -20,6 +20,11 @@ class PoolState(enum.Enum):
     CLOSING = "closing"
     CLOSED = "closed"
 
+    @property
+    def serving(self) -> bool:
+        """OPEN or RECONNECTING: the pool takes requests (and fails them fast while down)."""
+        return self is PoolState.OPEN or self is PoolState.RECONNECTING
+
 
 _ALLOWED: dict[PoolState, frozenset[PoolState]] = {
     PoolState.NEW: frozenset({PoolState.OPEN, PoolState.CLOSED}),

@@ -1,13 +1,56 @@
-"""The deadline of one call, and the checks a call's arguments pass before anything is sent."""
+"""Running one statement: the call's deadline, the checks made before anything is sent,
+and the runner that reports what happened on the server."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import SettingsError
+import psycopg2
+import psycopg2.extensions
 
-__all__ = ["Deadline", "check_timeout"]
+from ._bag import Slot
+from ._classify import sqlstate
+from ._connector import TxStatus
+from ._metrics import Counters
+from ._result import QueryResult
+from ._returns import Canceller
+from ._timers import DeadlineTimer
+from .errors import (
+    PoolClosedError,
+    PoolError,
+    QueryParameterError,
+    QueryTimeoutError,
+    SettingsError,
+)
+
+__all__ = [
+    "READ_ONLY_SQL_TRANSACTION",
+    "Deadline",
+    "SessionStateWarnings",
+    "StatementRunner",
+    "Stopped",
+    "check_timeout",
+    "interrupt",
+]
+
+LOGGER = logging.getLogger("pgpool")
+
+#: SQLSTATE of a write on a read-only server: after a failover the pool talks to a standby.
+READ_ONLY_SQL_TRANSACTION = "25006"
+#: Statements that need session state, which PgBouncer's transaction pooling does not keep.
+_SESSION_STATE = (
+    ("session SET", re.compile(r"^\s*SET\s+(?!LOCAL\b|TRANSACTION\b)", re.IGNORECASE)),
+    ("LISTEN", re.compile(r"^\s*(UN)?LISTEN\b", re.IGNORECASE)),
+    ("session advisory lock", re.compile(r"pg_(try_)?advisory_lock(_shared)?\s*\(", re.I)),
+    ("PREPARE", re.compile(r"^\s*PREPARE\b", re.IGNORECASE)),
+    ("WITH HOLD cursor", re.compile(r"\bWITH\s+HOLD\b", re.IGNORECASE)),
+)
+_IN_TRANSACTION = (TxStatus.INTRANS, TxStatus.INERROR)
 
 
 class Deadline:
@@ -53,3 +96,201 @@ def check_timeout(value: Any, name: str = "timeout") -> float | None:
     if not (value > 0 and math.isfinite(value)):  # also NaN
         raise SettingsError(f"{name}: must be > 0 seconds and finite, got {value!r}")
     return float(value)
+
+
+class SessionStateWarnings:
+    """Behind PgBouncer in transaction pooling mode: warns once per kind of statement that
+    relies on session state the next transaction may not have."""
+
+    def __init__(self, pool_name: Callable[[], str]) -> None:
+        self._pool_name = pool_name
+        self._warned: set[str] = set()
+
+    def check(self, sql: str) -> None:
+        for kind, pattern in _SESSION_STATE:
+            if kind not in self._warned and pattern.search(sql):
+                self._warned.add(kind)
+                LOGGER.warning(
+                    "pool %s: %s behind PgBouncer in transaction pooling mode: the next"
+                    " transaction may run on another server connection, without this state",
+                    self._pool_name(),
+                    kind,
+                )
+
+
+class StatementRunner:
+    """Runs one statement on a checked-out slot until its deadline; what it returns or
+    raises is what happened on the server (see :meth:`run`). Owns the one deadline timer
+    of running statements (COMMITs included)."""
+
+    def __init__(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        clock: Callable[[], float],
+        counters: Counters,
+        canceller: Canceller,
+        on_success: Callable[[], None],
+        on_lost: Callable[[BaseException], None],
+        on_read_only: Callable[[Slot], None],
+        session_state: SessionStateWarnings | None,
+    ) -> None:
+        self.timers = DeadlineTimer(loop, clock, _expire)
+        self._clock = clock
+        self._counters = counters
+        self._canceller = canceller
+        self._on_success = on_success
+        self._on_lost = on_lost
+        self._on_read_only = on_read_only
+        self._session_state = session_state
+
+    async def run(
+        self, slot: Slot, sql: str, params: Any, deadline: Deadline, *, callproc: bool = False
+    ) -> QueryResult:
+        """Run one statement on ``slot`` until ``deadline``.
+
+        Nothing is sent once the deadline has passed. On expiry inside a transaction the
+        caller hears at once (the transaction can no longer commit; releasing the slot
+        cancels the statement and rolls back). Outside one, the server's answer to the
+        cancel decides: cancelled raises :class:`QueryTimeoutError`, a statement that
+        completed first returns its result, an error is raised as is.
+        """
+        conn = slot.conn
+        if "\x00" in sql:
+            raise QueryParameterError(
+                "statement text contains a NUL character (libpq would cut the statement"
+                " there); nothing was sent"
+            )
+        if deadline.at <= self._clock():
+            self._counters.query_timeouts += 1
+            raise QueryTimeoutError(
+                f"the {deadline.total:.3f} s timeout passed before the statement was sent;"
+                " nothing was sent"
+            )
+        if self._session_state is not None:
+            self._session_state.check(sql)
+        in_transaction = conn.transaction_status() in _IN_TRANSACTION
+        try:
+            future = conn.send(sql, params, callproc=callproc)
+        except (IndexError, KeyError, TypeError, ValueError, psycopg2.ProgrammingError) as exc:
+            raise QueryParameterError(
+                f"statement parameters rejected, nothing was sent: {_bad_parameter(params, exc)}"
+            ) from exc
+        # Awaited directly: a caller's cancellation cancels only this future, and the
+        # deadline timer fails it with _Expired; neither stops the statement, which is
+        # cancelled on the server (by _confirm_cancel or when the slot is released).
+        slot.running = future
+        timers = self.timers
+        timers.add(slot, deadline.at)
+        try:
+            await future
+        except (_Expired, Stopped) as stopped:
+            if isinstance(stopped, _Expired):
+                self._counters.query_timeouts += 1
+            if in_transaction:
+                raise _interrupted(stopped, deadline, "; the transaction is rolled back") from None
+            return await self._confirm_cancel(slot, stopped, deadline)
+        except psycopg2.extensions.QueryCanceledError as error:
+            self._counters.query_timeouts += 1
+            message = str(error.pgerror or error).strip()
+            raise QueryTimeoutError(f"statement cancelled by the server: {message}") from error
+        except psycopg2.Error as error:
+            if conn.closed:
+                self._on_lost(error)
+            elif sqlstate(error) == READ_ONLY_SQL_TRANSACTION:
+                self._on_read_only(slot)
+            raise
+        finally:
+            timers.discard(slot)
+            slot.running = None
+        self._on_success()
+        return conn.result()
+
+    async def _confirm_cancel(
+        self, slot: Slot, stopped: Exception, deadline: Deadline
+    ) -> QueryResult:
+        """After an autocommit statement ran out of time (or the pool stopped): cancel it
+        on the server and report how it really ended, bounded by cancel_timeout."""
+        outcome, slot.outcome = slot.outcome, None
+        ended = outcome is not None and await self._canceller.cancel(slot.conn, outcome)
+        if not ended or outcome is None:
+            slot.conn.close()
+            raise _interrupted(
+                stopped,
+                deadline,
+                f"; the server did not confirm the cancel within"
+                f" {self._canceller.bound:.3f} s and the connection was closed:"
+                " the statement may or may not have completed",
+            )
+        error = outcome.exception()
+        if error is None:
+            LOGGER.debug("statement completed before its cancel arrived")
+            self._on_success()
+            return slot.conn.result()
+        if isinstance(error, psycopg2.extensions.QueryCanceledError):
+            raise _interrupted(stopped, deadline, "; it was cancelled on the server") from None
+        if slot.conn.closed:
+            raise _interrupted(
+                stopped,
+                deadline,
+                "; the connection closed before the server confirmed the cancel:"
+                " the statement may or may not have completed",
+            ) from error
+        raise error
+
+
+class Stopped(Exception):
+    """Set on a statement's future when stop() runs out of time (never escapes the pool)."""
+
+
+class _Expired(Exception):
+    """Set on a statement's future by the deadline timer (never escapes the pool)."""
+
+
+def interrupt(slot: Slot, reason: Exception) -> bool:
+    """Stop the caller waiting for ``slot``'s statement (which keeps running); from now on
+    ``slot.outcome`` catches how it really ends. A COMMIT is only told to stop waiting at
+    its own bound. False when nothing was awaited."""
+    running = slot.running
+    if running is None or running.done():
+        return False
+    if not slot.committing:
+        slot.outcome = slot.conn.wait_until_idle()
+        slot.outcome.add_done_callback(_consume)
+    running.set_exception(reason)
+    return True
+
+
+def _expire(slot: Slot, _payload: object) -> None:
+    interrupt(slot, _Expired())
+
+
+def _interrupted(stopped: Exception, deadline: Deadline, what: str) -> PoolError:
+    """The error for a statement the caller stopped waiting for; ``what`` says its fate."""
+    if isinstance(stopped, Stopped):
+        return PoolClosedError(f"the pool stopped before the statement finished{what}")
+    return QueryTimeoutError(f"statement exceeded its {deadline.total:.3f} s timeout{what}")
+
+
+def _bad_parameter(params: Any, exc: BaseException) -> str:
+    """Which parameter the driver could not bind, by index or key, and its type."""
+    items: list[tuple[object, Any]] = []
+    if isinstance(params, Mapping):
+        items = list(params.items())
+    elif isinstance(params, (list, tuple)):
+        items = list(enumerate(params))
+    for key, value in items:
+        where = f"key {key!r}" if isinstance(params, Mapping) else f"index {key}"
+        if isinstance(value, str) and "\x00" in value:
+            return f"parameter at {where} contains a NUL character"
+        try:
+            psycopg2.extensions.adapt(value)
+        except Exception:
+            return f"parameter at {where} has type {type(value).__name__}, which cannot be adapted"
+    given = "no" if params is None else str(len(params)) if hasattr(params, "__len__") else "1"
+    return f"{type(exc).__name__}: {exc} ({given} parameter(s) given)"
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -1,32 +1,37 @@
 """What a transaction's end reports, so that it is what the server did.
 
-Three pieces, none of which knows the pool: :func:`refuse_commit` decides, without I/O, when
-COMMIT must not be sent and what to raise instead; :func:`await_answer` waits for a sent
-COMMIT's answer through deadlines and cancellations (a COMMIT is never abandoned half way);
-:func:`resolve_xid` asks the server, on another connection, whether a transaction whose
-COMMIT answer was lost committed (``txid_status``).
+:class:`Committer` ends transactions; it is built from pieces that know nothing of the
+pool: :func:`refuse_commit` decides, without I/O, when COMMIT must not be sent and what to
+raise instead; :func:`await_answer` waits for a sent COMMIT's answer through cancellations
+(a COMMIT is never abandoned half way); :func:`resolve_xid` asks the server, on another
+connection, whether a transaction whose COMMIT answer was lost committed (``txid_status``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ._bag import Slot
 from ._classify import sqlstate
 from ._connector import DriverConnection, TxStatus
-from .errors import QueryTimeoutError, TransactionRolledBackError
+from ._statements import Deadline, StatementRunner, Stopped
+from .errors import CommitUnknownError, QueryTimeoutError, TransactionRolledBackError
 
 __all__ = [
     "BEGIN_WITH_XID",
+    "Committer",
     "Refusal",
     "await_answer",
     "refuse_commit",
     "resolve_xid",
 ]
 
-LOGGER = logging.getLogger("pgpool.transaction")
+LOGGER = logging.getLogger("pgpool")
 
 #: BEGIN and the transaction's id in one round trip (the result is the SELECT's). Assigning
 #: the id up front is the cost of being able to ask ``txid_status`` about it later.
@@ -170,3 +175,181 @@ async def _ask_xid_status(
     finally:
         if conn is not None:
             conn.close()
+
+
+class Committer:
+    """Ends transactions with COMMIT, reporting only what the server did (see
+    :meth:`~pgpool_core.PostgresConnector.transaction` for what each outcome means)."""
+
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float],
+        runner: StatementRunner,
+        cancel_timeout: float,
+        connect: Callable[[float], Awaitable[DriverConnection]],
+        on_success: Callable[[], None],
+        on_lost: Callable[[BaseException], None],
+        pool_name: Callable[[], str],
+    ) -> None:
+        self._clock = clock
+        self._runner = runner
+        self._cancel_timeout = cancel_timeout
+        self._connect = connect
+        self._on_success = on_success
+        self._on_lost = on_lost
+        self._pool_name = pool_name
+
+    async def rollback(self, slot: Slot) -> None:
+        """``ROLLBACK`` on ``slot``, bounded by cancel_timeout."""
+        deadline = Deadline.after(self._clock(), self._cancel_timeout)
+        await self._runner.run(slot, "ROLLBACK", None, deadline)
+
+    async def commit(
+        self,
+        slot: Slot,
+        deadline: Deadline,
+        *,
+        xid: int | None,
+        failure: BaseException | None,
+        ended_by: str | None,
+    ) -> None:
+        """COMMIT the transaction open on ``slot``; returns only if the server committed."""
+        conn = slot.conn
+        status = conn.transaction_status()
+        refusal = refuse_commit(
+            status,
+            deadline_passed=deadline.at <= self._clock(),
+            total=deadline.total,
+            failure=failure,
+            ended_by=ended_by,
+        )
+        if refusal is not None:
+            if refusal.rollback:
+                with contextlib.suppress(Exception):  # else the release rolls back or discards
+                    await self.rollback(slot)
+            raise refusal.error
+        if status is TxStatus.IDLE:
+            return  # the block committed it itself
+        try:
+            answer = conn.send("COMMIT", None)
+        except Exception as exc:  # never sent: without COMMIT nothing commits
+            raise TransactionRolledBackError(
+                f"transaction rolled back, nothing of it was committed: COMMIT could not be"
+                f" sent ({type(exc).__name__})",
+                exc,
+            ) from exc
+        answer.add_done_callback(_consume)
+        cancelled = await self._await_commit(slot, answer, deadline.at + self._cancel_timeout)
+        try:
+            self._answered(conn, answer, failure)
+        except CommitUnknownError as unknown:
+            unknown.xid = xid
+            if xid is None or cancelled is not None:
+                self._log_cancelled(cancelled, xid, "unknown")
+                raise
+            try:
+                await self._resolve(xid, unknown)  # returns if it committed
+            except asyncio.CancelledError as late:
+                self._log_cancelled(late, xid, "unknown")
+        except BaseException:
+            self._log_cancelled(cancelled, xid, "rolled back")
+            raise
+        self._log_cancelled(cancelled, xid, "committed")
+
+    async def _await_commit(
+        self, slot: Slot, answer: asyncio.Future[None], until: float
+    ) -> asyncio.CancelledError | None:
+        """Wait for COMMIT's ``answer`` until ``until`` (the runner's deadline timer bounds
+        it); neither the caller's cancellation nor stop() cuts the wait. Returns the
+        caller's cancellation, to be re-raised once the outcome is known."""
+        # The caller awaits a guard, never the answer itself: cancelling the caller cancels
+        # the guard, and the answer still arrives.
+        guard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        answer.add_done_callback(functools.partial(_settle_guard, guard))
+        slot.running, slot.committing = guard, True
+        timers = self._runner.timers
+        timers.add(slot, until)
+        try:
+            await guard
+        except asyncio.CancelledError as cancelled:
+            await await_answer(answer, until, self._clock)  # the slow path: keeps waiting
+            return cancelled
+        except Stopped:
+            await await_answer(answer, until, self._clock)
+        except Exception:
+            pass  # expired: no answer by the bound, the caller reports it unknown
+        finally:
+            timers.discard(slot)
+            slot.running, slot.committing = None, False
+        return None
+
+    def _answered(
+        self, conn: DriverConnection, answer: asyncio.Future[None], failure: BaseException | None
+    ) -> None:
+        """Raise unless the server's answer to COMMIT says it committed."""
+        if not answer.done():
+            conn.close()
+            raise CommitUnknownError(
+                f"COMMIT was sent but no answer came within {self._cancel_timeout:.3f} s"
+                " after the deadline; the connection was closed: the transaction may or may not"
+                " have committed"
+            )
+        error = answer.exception()
+        if error is None:
+            self._on_success()
+            tag = conn.status_message()
+            if tag != "COMMIT":
+                raise TransactionRolledBackError(
+                    f"transaction rolled back: the server answered COMMIT with {tag}", failure
+                )
+            return
+        if conn.closed:
+            self._on_lost(error)
+            raise CommitUnknownError(
+                f"the connection was lost while COMMIT ran ({type(error).__name__}):"
+                " the transaction may or may not have committed"
+            ) from error
+        raise error  # the server refused to commit (e.g. a deferred constraint): rolled back
+
+    async def _resolve(self, xid: int, unknown: CommitUnknownError) -> None:
+        """Ask the server how transaction ``xid`` ended; return if it committed."""
+        until = self._clock() + self._cancel_timeout
+        verdict = await resolve_xid(self._connect, xid, until, self._clock)
+        LOGGER.debug("pool %s: lost COMMIT of xid %d resolved: %s", self._pool_name(), xid, verdict)
+        if verdict == "committed":
+            return
+        if verdict == "aborted":
+            raise TransactionRolledBackError(
+                f"transaction rolled back: the connection was lost during COMMIT and"
+                f" txid_status({xid}) says aborted",
+                unknown,
+            ) from unknown
+        raise CommitUnknownError(
+            f"{unknown}; txid_status({xid}) could not be read within {self._cancel_timeout:.3f} s",
+            xid,
+        ) from unknown
+
+    def _log_cancelled(
+        self, cancelled: asyncio.CancelledError | None, xid: int | None, outcome: str
+    ) -> None:
+        """After a caller was cancelled while its COMMIT ran: log the outcome, re-raise."""
+        if cancelled is None:
+            return
+        LOGGER.debug(
+            "pool %s: caller cancelled while COMMIT ran (xid %s); the transaction %s",
+            self._pool_name(),
+            "unknown" if xid is None else xid,
+            outcome,
+        )
+        raise cancelled
+
+
+def _settle_guard(guard: asyncio.Future[None], _answer: asyncio.Future[None]) -> None:
+    if not guard.done():
+        guard.set_result(None)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

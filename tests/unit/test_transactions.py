@@ -443,7 +443,7 @@ async def test_nul_in_statement_is_refused_before_sending(
 async def test_unadaptable_parameter_is_named(params: object, named: str) -> None:
     """A parameter psycopg2 cannot adapt is named by index or key with its type; nothing is
     sent and the pool stays healthy (real psycopg2 adaptation, fake transport)."""
-    from pgpool_core._manager import _bad_parameter
+    from pgpool_core._statements import _bad_parameter
 
     with pytest.raises(psycopg2.ProgrammingError) as raised:
         psycopg2.extensions.adapt(object())

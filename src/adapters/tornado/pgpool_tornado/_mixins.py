@@ -28,6 +28,7 @@ from pgpool_core import (
     classify,
     sqlstate,
 )
+from pgpool_core._session import apply_on_error
 
 try:  # tornado-problem-details is optional
     import problemdetails
@@ -194,12 +195,8 @@ class ApplicationMixin:
                     self.postgres_pool.connector(on_error, on_duration, timeout)
                 )
             except PoolError as exc:
-                replacement = exc if on_error is None else on_error("postgres_connector", exc)
-                if replacement is exc:
-                    raise
-                if replacement is not None:
-                    raise replacement from exc
-                connector = None
+                apply_on_error(on_error, "postgres_connector", exc)
+                connector = None  # swallowed by the hook
             yield cast(PostgresConnector, connector)
 
 
@@ -241,10 +238,8 @@ class RequestHandlerMixin:
         pool: PoolManager | None = self.application.postgres_pool
         if pool is None:
             error = PoolClosedError("the PostgreSQL pool is not started")
-            replacement = self.on_postgres_error("postgres_connector", error)
-            if replacement is not None:
-                raise replacement
-            return QueryResult(0, [])
+            apply_on_error(self.on_postgres_error, "postgres_connector", error)
+            return QueryResult(0, [])  # swallowed by the hook
         run = pool.callproc if callproc else pool.execute
         return await run(
             sql,

@@ -1,0 +1,109 @@
+"""Bringing a returned connection back to idle: cancel what still runs on the server, roll
+back what is still open. Each step reports its outcome; the pool alone decides what to do
+with the connection afterwards (reuse or close)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ._connector import DriverConnection, TxStatus
+
+__all__ = ["Canceller", "restore"]
+
+
+class Canceller:
+    """Server-side cancel requests, bounded by ``bound`` seconds each.
+
+    A cancel request blocks (a connect plus a round trip) with no timeout of its own, so it
+    runs on a daemon thread (``AiopgConnection`` sends it through ctypes, which releases
+    the GIL for the blocking call): one stuck behind a black-holed network neither blocks
+    the loop nor keeps the interpreter from exiting. At most ``max_threads`` run at once;
+    past that :meth:`cancel` gives up at once and the caller closes the connection.
+    """
+
+    def __init__(
+        self, bound: float, max_threads: int, clock: Callable[[], float], name: str
+    ) -> None:
+        self.bound = bound
+        self._max_threads = max_threads
+        self._clock = clock
+        self._name = name
+        self._threads = 0
+
+    async def cancel(self, conn: DriverConnection, ended: asyncio.Future[Any]) -> bool:
+        """Ask the server to cancel ``conn``'s running statement; True once it has ended
+        (``ended`` is done, or the connection is idle), waiting at most :attr:`bound`."""
+        if ended.done() or not conn.is_busy():
+            return True
+        if self._threads >= self._max_threads:
+            return False
+        until = self._clock() + self.bound
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._send(conn), until - self._clock())
+            await asyncio.wait((ended,), timeout=max(until - self._clock(), 0))
+        return ended.done() or not conn.is_busy()
+
+    def _send(self, conn: DriverConnection) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        try:
+            send = conn.prepare_cancel()
+        except Exception as exc:  # closed under us: nothing left to cancel
+            future.set_exception(exc)
+            return future
+        self._threads += 1
+
+        def done(error: BaseException | None) -> None:
+            self._threads -= 1
+            if future.done():
+                return
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+        def run() -> None:
+            error: BaseException | None = None
+            try:
+                send()
+            except BaseException as exc:  # handed to the loop
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+                loop.call_soon_threadsafe(done, error)
+
+        threading.Thread(target=run, name=f"pgpool-cancel-{self._name}", daemon=True).start()
+        return future
+
+
+async def restore(
+    conn: DriverConnection,
+    ended: asyncio.Future[Any] | None,
+    *,
+    cancel: Callable[[DriverConnection, asyncio.Future[Any]], Awaitable[bool]],
+    rollback: Callable[[], Awaitable[object]] | None,
+) -> bool:
+    """Cancel ``conn``'s running statement (whose end is ``ended``, if already caught) and
+    roll back its open transaction (``rollback`` None: don't); True when it ended idle and
+    healthy. A step that fails or cannot be confirmed leaves the verdict False."""
+    if conn.is_busy():
+        ended = ended or conn.wait_until_idle()
+        ended.add_done_callback(_consume)  # its error was the caller's, not ours
+        if not await cancel(conn, ended):
+            return False
+    if conn.transaction_status() in (TxStatus.INTRANS, TxStatus.INERROR):
+        if rollback is None:
+            return False
+        try:
+            await rollback()
+        except Exception:
+            return False
+    return not conn.closed and conn.transaction_status() is TxStatus.IDLE
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

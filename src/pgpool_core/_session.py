@@ -1,0 +1,194 @@
+"""A session on one checked-out connection (sprockets-postgres' ``PostgresConnector``), and
+the one implementation of its ``on_error`` / ``on_duration`` hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg2
+
+from ._bag import Slot
+from ._connector import TxStatus
+from ._metrics import Recorder
+from ._result import QueryResult
+from ._statements import Deadline, StatementRunner, check_timeout
+from ._transaction import BEGIN_WITH_XID, Committer
+from .errors import PoolError
+
+__all__ = ["OnDuration", "OnError", "PostgresConnector", "SessionTools", "apply_on_error"]
+
+OnError = Callable[[str, Exception], "Exception | None"]
+OnDuration = Callable[[str, float], None]
+
+
+def apply_on_error(on_error: OnError | None, metric_name: str, exc: Exception) -> None:
+    """sprockets-postgres' ``on_error`` semantics: the hook's None swallows ``exc`` (this
+    returns), an exception it returns is raised from ``exc``, ``exc`` itself is re-raised;
+    without a hook ``exc`` is raised."""
+    replacement = exc if on_error is None else on_error(metric_name, exc)
+    if replacement is None:
+        return
+    if replacement is exc:
+        raise exc
+    raise replacement from exc
+
+
+def report_duration(
+    recorder: Recorder,
+    on_duration: OnDuration | None,
+    metric_name: str,
+    seconds: float,
+    failure: BaseException | None,
+) -> None:
+    """A caller's statement ended: the ``on_duration`` hook, then the observers."""
+    if on_duration is not None:
+        on_duration(metric_name, seconds)
+    recorder.operation_finished(seconds, failure)
+
+
+@dataclass(frozen=True)
+class SessionTools:
+    """What a session needs from its pool: the clock, the runner, the committer, the
+    recorder and the ``resolve_commits`` setting (one per pool, built at start)."""
+
+    clock: Callable[[], float]
+    runner: StatementRunner
+    committer: Committer
+    recorder: Recorder
+    resolve_commits: bool
+
+
+class PostgresConnector:
+    """Runs statements on one checked-out connection (sprockets-postgres' connector)."""
+
+    def __init__(
+        self,
+        slot: Slot,
+        deadline: Deadline,
+        tools: SessionTools,
+        *,
+        on_error: OnError | None = None,
+        on_duration: OnDuration | None = None,
+    ) -> None:
+        self._slot = slot
+        self._deadline = deadline
+        self._tools = tools
+        self._on_error = on_error
+        self._on_duration = on_duration
+        # Inside transaction(): the failure that aborted the transaction (cleared when a
+        # later statement leaves it usable again, e.g. ROLLBACK TO SAVEPOINT), and the tag
+        # of a statement of the block that ended the transaction itself.
+        self._in_transaction = False
+        self._failure: BaseException | None = None
+        self._ended_by: str | None = None
+
+    async def execute(
+        self,
+        sql: str,
+        parameters: Any = None,
+        metric_name: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> QueryResult:
+        return await self._call(sql, parameters, metric_name, timeout, callproc=False)
+
+    async def callproc(
+        self,
+        name: str,
+        parameters: Any = None,
+        metric_name: str = "",
+        *,
+        timeout: float | None = None,
+    ) -> QueryResult:
+        return await self._call(name, parameters, metric_name, timeout, callproc=True)
+
+    async def _call(
+        self, sql: str, params: Any, metric_name: str, timeout: float | None, *, callproc: bool
+    ) -> QueryResult:
+        tools = self._tools
+        started = tools.clock()
+        deadline = self._deadline.sooner(started, check_timeout(timeout))
+        failure: BaseException | None = None
+        try:
+            result = await tools.runner.run(self._slot, sql, params, deadline, callproc=callproc)
+        except (psycopg2.Error, PoolError) as exc:
+            failure = exc
+            if self._in_transaction and self._failure is None:
+                self._failure = exc
+            apply_on_error(self._on_error, metric_name, exc)
+            return QueryResult(0, [])  # swallowed by the hook
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            if self._on_duration is not None or tools.recorder.observers:
+                seconds = tools.clock() - started
+                report_duration(tools.recorder, self._on_duration, metric_name, seconds, failure)
+        if self._in_transaction:
+            self._after_statement()
+        return result
+
+    def _after_statement(self) -> None:
+        conn = self._slot.conn
+        status = conn.transaction_status()
+        if status is TxStatus.INTRANS:
+            self._failure = None  # usable again (e.g. after ROLLBACK TO SAVEPOINT)
+        elif status is TxStatus.IDLE:
+            self._ended_by = conn.status_message()
+
+    @contextlib.asynccontextmanager
+    async def transaction(
+        self, *, resolve_commit: bool | None = None
+    ) -> AsyncIterator[PostgresConnector]:
+        """``BEGIN`` on this connection; ``COMMIT`` when the block ends without an error,
+        ``ROLLBACK`` when it raises. What leaving the block reports is what the server did:
+
+        - returns: the server committed the transaction;
+        - the block's own exception, :class:`QueryTimeoutError` (the deadline passed before
+          COMMIT could be sent), :class:`TransactionRolledBackError` (a statement failed
+          and the block went on, the connection was lost before COMMIT, ...) or a driver
+          error from COMMIT itself (a deferred constraint, a serialization failure): rolled
+          back, nothing of it committed;
+        - :class:`CommitUnknownError`: COMMIT was sent and its answer was lost. With
+          ``resolve_commit`` (default: the ``resolve_commits`` setting) the pool asks the
+          server on another connection (``txid_status``) and reports committed or rolled
+          back instead, unless the server cannot answer within ``cancel_timeout``.
+
+        Once COMMIT is sent, neither the deadline nor a cancellation of the caller cuts it:
+        the pool waits for its answer (until the deadline plus ``cancel_timeout``) and then
+        reports it, or re-raises the cancellation (logging the outcome at DEBUG).
+
+        With ``on_error`` hooks, these errors go to the hook as ``postgres_transaction``;
+        the exception it returns is raised, but None cannot swallow an outcome.
+        """
+        tools, slot = self._tools, self._slot
+        resolve = tools.resolve_commits if resolve_commit is None else resolve_commit
+        xid: int | None = None
+        if resolve:
+            row = (await tools.runner.run(slot, BEGIN_WITH_XID, None, self._deadline)).row
+            xid = int(row["xid"]) if row is not None else None
+        else:
+            await tools.runner.run(slot, "BEGIN", None, self._deadline)
+        self._in_transaction, self._failure, self._ended_by = True, None, None
+        try:
+            yield self
+        except BaseException as exc:
+            self._in_transaction = False
+            conn = slot.conn
+            # A cancelled caller is not kept waiting: releasing the slot rolls back.
+            if not isinstance(exc, asyncio.CancelledError) and not (conn.is_busy() or conn.closed):
+                with contextlib.suppress(Exception):  # else the release rolls back or discards
+                    await tools.committer.rollback(slot)
+            raise
+        self._in_transaction = False
+        try:
+            await tools.committer.commit(
+                slot, self._deadline, xid=xid, failure=self._failure, ended_by=self._ended_by
+            )
+        except (psycopg2.Error, PoolError) as exc:
+            apply_on_error(self._on_error, "postgres_transaction", exc)
+            raise  # the hook returned None: an outcome is never swallowed
