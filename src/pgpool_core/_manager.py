@@ -24,7 +24,7 @@ from ._bag import Bag, Slot
 from ._config import PoolSettings
 from ._connector import AiopgConnector, Connector, TxStatus, UrlSource
 from ._leaks import LeakDetector, NoLeakDetector
-from ._metrics import PoolObserver, PoolStatus, Recorder
+from ._metrics import Health, PoolObserver, PoolStatus, Recorder
 from ._redact import describe_error, passwords_in, pool_name
 from ._result import QueryResult
 from ._retry import RetryPolicy
@@ -40,14 +40,12 @@ from ._session import (
 from ._state import PoolState, transition
 from ._statements import (
     Deadline,
-    SessionStateWarnings,
-    StatementRunner,
     Stopped,
     check_timeout,
     interrupt,
 )
+from ._stopping import StopDeadline
 from ._timers import DeadlineTimer
-from ._transaction import Committer
 from .errors import (
     ConfigurationError,
     PoolClosedError,
@@ -133,11 +131,9 @@ class PoolManager:
         self._jitter = jitter or (lambda: random.uniform(0.95, 1.0))
         self._state = PoolState.NEW
         self._bag: Bag[asyncio.Future[Slot]] = Bag(settings.min_size, settings.max_size)
-        # stop(): the pool-owned shutdown task, its deadline (only ever brought forward) and
-        # the future it sleeps on (woken when the pool drains or the deadline moves).
+        # stop(): the pool-owned shutdown task and how long it waits for work in flight.
         self._shutdown: asyncio.Task[None] | None = None
-        self._stop_at = 0.0
-        self._stop_wake: asyncio.Future[str] | None = None
+        self._stop_deadline = StopDeadline(self._now, float("inf"))
         # Owned tasks by kind: connects (the reconnect loop included) and returns (restoring
         # a connection before release). stop() cancels connects at once, returns last.
         self._connects: set[asyncio.Task[Any]] = set()
@@ -152,9 +148,7 @@ class PoolManager:
         )
         self._metrics = Recorder(self)
         self._counters = self._metrics.counters
-        self._last_success = float("-inf")
-        self._healthy = False
-        self._last_error: str | None = None
+        self._health = Health(self._now)
         self._names = itertools.count(1)
 
     def __repr__(self) -> str:
@@ -212,30 +206,18 @@ class PoolManager:
         self._state = transition(self._state, PoolState.OPEN)
         self._loop = asyncio.get_running_loop()
         self._wait_deadlines = DeadlineTimer(self._loop, self._now, self._expire_waiter)
-        self._runner = StatementRunner(
-            loop=self._loop,
+        self._tools = SessionTools.build(
+            self.settings,
             clock=self._now,
-            counters=self._counters,
+            recorder=self._metrics,
             canceller=self._canceller,
-            on_success=self._succeeded,
+            connect=self._connector.connect,
+            on_success=self._health.succeeded,
             on_lost=self._lost,
             on_read_only=self._drain_for_failover,
-            session_state=SessionStateWarnings(lambda: self.name)
-            if self.settings.pgbouncer
-            else None,
-        )
-        self._committer = Committer(
-            clock=self._now,
-            runner=self._runner,
-            cancel_timeout=self.settings.cancel_timeout,
-            connect=self._connector.connect,
-            on_success=self._succeeded,
-            on_lost=self._lost,
             pool_name=lambda: self.name,
         )
-        self._tools = SessionTools(
-            self._now, self._runner, self._committer, self._metrics, self.settings.resolve_commits
-        )
+        self._runner, self._committer = self._tools.runner, self._tools.committer
         if self.settings.leak_detection_threshold > 0:
             self._leaks = LeakDetector(
                 self._loop,
@@ -275,7 +257,7 @@ class PoolManager:
         except PoolTimeoutError:
             raise PoolUnavailableError(
                 f"pool {self.name}: no connection within {bound:.3f} s"
-                f" (last error: {self._last_error or 'none'})"
+                f" (last error: {self._health.last_error or 'none'})"
             ) from None
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -299,16 +281,15 @@ class PoolManager:
         stop_at = self._now() + timeout
         if self._shutdown is None:
             self._begin_stop(stop_at)
-        elif stop_at < self._stop_at:
-            self._stop_at = stop_at
-            self._wake_stop("moved")
+        else:
+            self._stop_deadline.bring_forward(stop_at)
         assert self._shutdown is not None
         await asyncio.shield(self._shutdown)
 
     def _begin_stop(self, stop_at: float) -> None:
         """Refuse new work now (no await), then run the rest of the shutdown in a task."""
         self._state = transition(self._state, PoolState.CLOSING)
-        self._stop_at = stop_at
+        self._stop_deadline = StopDeadline(self._now, stop_at)
         for waiter in self._bag.take_all_waiters():
             waiter.set_exception(PoolClosedError(f"pool {self.name} is stopping"))
         if self._maintenance is not None:
@@ -325,7 +306,7 @@ class PoolManager:
         stopped = [*self._connects, *([self._maintenance] if self._maintenance else [])]
         for task in stopped:
             task.cancel()
-        await self._wait_drained()
+        await self._stop_deadline.wait(self._busy)
         cancel_bound = min(self.settings.cancel_timeout, 1.0)
         if self._in_use:
             LOGGER.warning(
@@ -336,8 +317,8 @@ class PoolManager:
             self._abort_in_flight()
             # The callers' own paths now cancel their statements server-side; give them
             # cancel_bound, then cut whatever still hangs (a lost cancel).
-            self._stop_at = self._now() + cancel_bound
-            await self._wait_drained()
+            self._stop_deadline = StopDeadline(self._now, self._now() + cancel_bound)
+            await self._stop_deadline.wait(self._busy)
             for slot in list(self._bag.busy):
                 slot.conn.close()
         for task in self._returns:
@@ -351,23 +332,8 @@ class PoolManager:
                 timers.close()
         self._state = transition(self._state, PoolState.CLOSED)
 
-    async def _wait_drained(self) -> None:
-        """Until no connection is in use or ``_stop_at`` passes (stop() may move it sooner)."""
-        loop = asyncio.get_running_loop()
-        while self._in_use:
-            wake: asyncio.Future[str] = loop.create_future()
-            self._stop_wake = wake
-            timer = loop.call_later(max(self._stop_at - self._now(), 0), _resolve, wake, "due")
-            try:
-                if await wake == "due":
-                    return
-            finally:
-                timer.cancel()
-                self._stop_wake = None
-
-    def _wake_stop(self, why: str) -> None:
-        if self._stop_wake is not None:
-            _resolve(self._stop_wake, why)
+    def _busy(self) -> bool:
+        return bool(self._bag.busy)
 
     def _abort_in_flight(self) -> None:
         """At the stop deadline: fail every statement still awaited (its caller then
@@ -451,7 +417,7 @@ class PoolManager:
         fresh = self._bag.connected(generation)
         now = self._now()
         self._metrics.connection_created(now - started)
-        self._succeeded()
+        self._health.succeeded()
         if not self._named:
             last_url = getattr(self._connector, "last_url", None)
             if last_url:
@@ -478,8 +444,7 @@ class PoolManager:
 
     def _connect_failed(self, exc: BaseException, cutoff: int) -> None:
         self._counters.connections_errors += 1
-        self._healthy = False
-        self._last_error = self._describe(exc)
+        self._health.failed(self._describe(exc))
         error_type = (
             ConfigurationError if isinstance(exc, ConfigurationError) else PoolUnavailableError
         )
@@ -489,13 +454,13 @@ class PoolManager:
             LOGGER.warning(
                 "pool %s: cannot connect (%s); failing requests fast while reconnecting",
                 self.name,
-                self._last_error,
+                self._health.last_error,
             )
         else:
-            LOGGER.debug("pool %s: connect failed: %s", self.name, self._last_error)
+            LOGGER.debug("pool %s: connect failed: %s", self.name, self._health.last_error)
         # Fail the waiters that arrived before this attempt started, now, rather than let
         # them sit out their timeouts against a database that just refused us.
-        message = f"cannot connect to {self.name}: {self._last_error}"
+        message = f"cannot connect to {self.name}: {self._health.last_error}"
         for waiter in self._bag.waiters_before(cutoff):
             self._counters.requests_errors += 1
             waiter.set_exception(error_type(message))
@@ -516,7 +481,7 @@ class PoolManager:
         self._metrics.connection_used(self._now() - slot.acquired_at)
         self._leaks.forget(slot)
         if not self._bag.busy and self._state is PoolState.CLOSING:
-            self._wake_stop("drained")
+            self._stop_deadline.drained()
 
     def _hand_off(self, slot: Slot) -> None:
         """Give a free connection to the oldest live waiter, else make it idle (FIFO fairness)."""
@@ -539,19 +504,14 @@ class PoolManager:
             self._counters.connections_lost += 1
         self._discard(slot, bad=False)
 
-    def _succeeded(self) -> None:
-        self._last_success = self._now()
-        self._healthy = True
-
     def _lost(self, error: BaseException) -> None:
         """A connection died under a statement: not healthy until the next success."""
-        self._healthy = False
-        self._last_error = self._describe(error)
+        self._health.failed(self._describe(error))
 
     @property
     def is_available(self) -> bool:
         """True while open and the latest real outcome (connect or query) was a success."""
-        return self._state is PoolState.OPEN and self._healthy
+        return self._state is PoolState.OPEN and self._health.healthy
 
     def _drain_for_failover(self, slot: Slot) -> None:
         """A write hit a read-only server: retire every connection so the next ones find
@@ -666,7 +626,7 @@ class PoolManager:
             waiter.set_exception(
                 PoolUnavailableError(
                     f"cannot connect to {self.name} within {wait:.3f} s: "
-                    f"{self._last_error or 'no connection yet'}"
+                    f"{self._health.last_error or 'no connection yet'}"
                 )
             )
             return
@@ -924,30 +884,33 @@ class PoolManager:
         return data
 
     async def status(self) -> PoolStatus:
-        """A :class:`PoolStatus`. Never raises; before :meth:`start` it reports unavailable."""
+        """A :class:`PoolStatus`: :meth:`stats` plus the availability probe. Never raises;
+        before :meth:`start` it reports unavailable."""
+        available = await self._check_available()
+        stats = self.stats()  # one snapshot, read after the probe
         return PoolStatus(
             state=self._state.value,
-            available=await self._check_available(),
-            pool_size=self._bag.open,
-            pool_free=len(self._bag.idle),
-            pool_min=self.settings.min_size,
-            pool_max=self.settings.max_size,
+            available=available,
+            pool_size=stats.pop("pool_size"),
+            pool_free=stats.pop("pool_available"),
+            pool_min=stats.pop("pool_min"),
+            pool_max=stats.pop("pool_max"),
             in_use=self._in_use,
-            waiting=len(self._bag.waiters),
+            waiting=stats.pop("requests_waiting"),
             connecting=self._bag.opening,
             name=self.name,
-            last_error=self._last_error,
-            counters=self._counters.as_dict(),
+            last_error=self._health.last_error,
+            counters=stats,
         )
 
     async def _check_available(self) -> bool:
         if self._state is not PoolState.OPEN:
             return False  # reconnecting: known down, no probe needed
-        if self._healthy and self._now() - self._last_success < RECENT_SUCCESS:
+        if self._health.succeeded_within(RECENT_SUCCESS):
             return True
         if not self._bag.idle and self._in_use:
             # Busy but serving: do not queue a probe behind real work.
-            return self._healthy
+            return self._health.healthy
         try:
             await self.execute("SELECT 1", timeout=STATUS_CHECK_TIMEOUT)
         except (Exception, asyncio.CancelledError) as exc:
@@ -975,11 +938,6 @@ class PoolManager:
         for slot in self._bag.evict(self._now(), self.settings.max_idle):
             self._drop_idle(slot)  # refills up to min_size as it goes
         self._grow()  # also refills min_size after earlier connect failures
-
-
-def _resolve(future: asyncio.Future[str], value: str) -> None:
-    if not future.done():
-        future.set_result(value)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

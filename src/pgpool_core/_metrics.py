@@ -4,14 +4,14 @@ and the one recorder that bumps a counter and notifies observers in the same cal
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ._manager import PoolManager
 
-__all__ = ["Counters", "PoolObserver", "PoolStatus", "Recorder"]
+__all__ = ["Counters", "Health", "PoolObserver", "PoolStatus", "Recorder"]
 
 
 class PoolObserver(Protocol):
@@ -136,3 +136,27 @@ class Recorder:
     def operation_finished(self, seconds: float, error: BaseException | None) -> None:
         for observer in self.observers:
             observer.operation_finished(self.subject, seconds, error)
+
+
+class Health:
+    """The latest real outcome: whether a connect or statement last succeeded, when the last
+    success was, and the last failure's (redacted) description."""
+
+    __slots__ = ("_clock", "healthy", "last_error", "last_success")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.healthy = False
+        self.last_success = float("-inf")
+        self.last_error: str | None = None
+
+    def succeeded(self) -> None:
+        self.last_success = self._clock()
+        self.healthy = True
+
+    def failed(self, description: str) -> None:
+        self.healthy = False
+        self.last_error = description
+
+    def succeeded_within(self, seconds: float) -> bool:
+        return self.healthy and self._clock() - self.last_success < seconds

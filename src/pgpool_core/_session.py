@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
 
 from ._bag import Slot
-from ._connector import TxStatus
+from ._config import PoolSettings
+from ._connector import DriverConnection, TxStatus
 from ._metrics import Recorder
 from ._result import QueryResult
-from ._statements import Deadline, StatementRunner, check_timeout
+from ._returns import Canceller
+from ._statements import Deadline, SessionStateWarnings, StatementRunner, check_timeout
 from ._transaction import BEGIN_WITH_XID, Committer
 from .errors import PoolError
 
@@ -60,6 +62,42 @@ class SessionTools:
     committer: Committer
     recorder: Recorder
     resolve_commits: bool
+
+    @classmethod
+    def build(
+        cls,
+        settings: PoolSettings,
+        *,
+        clock: Callable[[], float],
+        recorder: Recorder,
+        canceller: Canceller,
+        connect: Callable[[float], Awaitable[DriverConnection]],
+        on_success: Callable[[], None],
+        on_lost: Callable[[BaseException], None],
+        on_read_only: Callable[[Slot], None],
+        pool_name: Callable[[], str],
+    ) -> SessionTools:
+        """The runner and committer of one pool, wired to its callbacks (on the running loop)."""
+        runner = StatementRunner(
+            loop=asyncio.get_running_loop(),
+            clock=clock,
+            counters=recorder.counters,
+            canceller=canceller,
+            on_success=on_success,
+            on_lost=on_lost,
+            on_read_only=on_read_only,
+            session_state=SessionStateWarnings(pool_name) if settings.pgbouncer else None,
+        )
+        committer = Committer(
+            clock=clock,
+            runner=runner,
+            cancel_timeout=settings.cancel_timeout,
+            connect=connect,
+            on_success=on_success,
+            on_lost=on_lost,
+            pool_name=pool_name,
+        )
+        return cls(clock, runner, committer, recorder, settings.resolve_commits)
 
 
 class PostgresConnector:

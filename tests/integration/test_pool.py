@@ -367,7 +367,11 @@ async def test_min_size_is_kept_filled_in_the_background(
     checkout validation of the resilience issue; here the driver error may pass through.)"""
     db = database_of(postgres_db_url)
     async with PoolManager(postgres_db_url, min_size=3, max_size=3) as pool:
-        await wait_for_condition(lambda: len(_backends(postgres_server, db)) == 3)
+        # The server lists a backend before the client's connect has finished: wait for the
+        # pool's own view too, so the kill below hits open connections, not connects.
+        await wait_for_condition(
+            lambda: pool.stats()["pool_available"] == 3 and len(_backends(postgres_server, db)) == 3
+        )
         victims = {r["pid"] for r in _backends(postgres_server, db)}
         postgres_server.terminate_backends(db)
         failures = 0
