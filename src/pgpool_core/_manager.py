@@ -1,8 +1,13 @@
-"""PoolManager: acquire/release with fair hand-off, deadlines, server-side cancel, status.
+"""PoolManager: lifecycle, growth and reconnects, acquire and release, failover,
+maintenance and the public API, orchestrating the units beside it (_bag: bookkeeping,
+_statements: running a statement, _session/_transaction: connectors and COMMIT,
+_returns: restoring returned connections, _metrics, _leaks, _stopping).
 
-Everything here runs on one event loop, so pool bookkeeping (idle list, waiter queue,
-counters) is mutated without awaits in between and needs no lock; all I/O (connects,
-rollbacks, cancels) happens in tasks the pool owns and awaits on stop.
+Everything runs on one event loop, so the bookkeeping is changed without awaits in
+between and needs no lock. Connects, and the cancel and rollback that restore a returned
+connection, run in tasks the pool owns (cancelled by kind on stop). Two round trips run on
+the caller's own task, bounded by its deadline or cancel_timeout: the checkout
+validation (``SELECT 1``) and the ROLLBACK of a transaction block that raised.
 """
 
 from __future__ import annotations
@@ -229,7 +234,7 @@ class PoolManager:
         if not wait:
             # With wait, wait_ready's request starts the first connects itself, so their
             # failure is its failure (see _connect_failed).
-            self._grow()
+            self._meet_demand()
         self._maintenance = asyncio.get_running_loop().create_task(
             self._maintain_forever(), name=f"pgpool-maintenance-{self.name}"
         )
@@ -368,7 +373,7 @@ class PoolManager:
     def _spawn_return(self, coro: Coroutine[Any, Any, None]) -> None:
         self._spawn(coro, self._returns, "return")
 
-    def _grow(self) -> None:
+    def _meet_demand(self) -> None:
         """Start connects for unmet demand: waiters not covered by connects, or below min.
 
         While reconnecting only the single reconnect task connects.
@@ -434,12 +439,12 @@ class PoolManager:
             conn.close()
             if fresh:
                 self._bag.forget()
-            self._grow()
+            self._meet_demand()
             return True
         expires = now + self.settings.max_lifetime * self._jitter()
         self._hand_off(Slot(conn, now, expires, now, generation=generation))
         if recovered:
-            self._grow()  # the rest of the demand, in parallel again
+            self._meet_demand()  # the rest of the demand, in parallel again
         return True
 
     def _connect_failed(self, exc: BaseException, cutoff: int) -> None:
@@ -464,7 +469,7 @@ class PoolManager:
         for waiter in self._bag.waiters_before(cutoff):
             self._counters.requests_errors += 1
             waiter.set_exception(error_type(message))
-        self._grow()
+        self._meet_demand()
 
     def _describe(self, exc: BaseException) -> str:
         password = self._password if isinstance(self._password, str) else ""
@@ -476,7 +481,7 @@ class PoolManager:
     def _in_use(self) -> int:
         return len(self._bag.busy)
 
-    def _untake(self, slot: Slot) -> None:
+    def _check_out_done(self, slot: Slot) -> None:
         self._bag.untake(slot)
         self._metrics.connection_used(self._now() - slot.acquired_at)
         self._leaks.forget(slot)
@@ -496,7 +501,7 @@ class PoolManager:
         self._bag.forget()
         if bad:
             self._counters.returns_bad += 1
-        self._grow()
+        self._meet_demand()
 
     def _drop_idle(self, slot: Slot) -> None:
         """Close a connection taken from the idle list; count it lost if it died there."""
@@ -574,7 +579,7 @@ class PoolManager:
         waiter: asyncio.Future[Slot] = self._loop.create_future()
         self._bag.add_waiter(waiter)
         counters.requests_queued += 1
-        self._grow()
+        self._meet_demand()
         # The deadline timer fails an expired waiter and takes it off the queue; hand-offs
         # pop waiters themselves, so the queue is never searched on the hot path.
         timers = self._wait_deadlines
@@ -608,7 +613,7 @@ class PoolManager:
             await self._runner.run(slot, "SELECT 1", None, Deadline.after(self._now(), bound))
         except (psycopg2.Error, QueryTimeoutError):
             slot.conn.close()  # also ends a statement still running: nothing to settle
-            self._untake(slot)
+            self._check_out_done(slot)
             self._drop_idle(slot)
             return False
         except BaseException:
@@ -655,7 +660,7 @@ class PoolManager:
             self._bag.begin_return()
             self._spawn_return(self._restore_then_release(slot, bad=bad))
             return
-        self._untake(slot)
+        self._check_out_done(slot)
         self._retire_or_reuse(slot, bad=bad, status=conn.transaction_status())
 
     async def _restore_then_release(self, slot: Slot, *, bad: bool) -> None:
@@ -674,7 +679,7 @@ class PoolManager:
             self._bag.end_return()
             if not restored:
                 slot.conn.close()
-            self._untake(slot)
+            self._check_out_done(slot)
             self._retire_or_reuse(
                 slot, bad=bad or not restored, status=slot.conn.transaction_status()
             )
@@ -872,7 +877,9 @@ class PoolManager:
     # -- status ---------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Counters and sizes under psycopg_pool's key names."""
+        """Sizes and counters, one snapshot. Keys follow psycopg_pool's ``get_stats()``
+        where it has the same notion; ``pool_size`` counts open connections only (not those
+        being opened, which ``status().connecting`` reports)."""
         data = {
             "pool_min": self.settings.min_size,
             "pool_max": self.settings.max_size,
@@ -937,7 +944,7 @@ class PoolManager:
             return
         for slot in self._bag.evict(self._now(), self.settings.max_idle):
             self._drop_idle(slot)  # refills up to min_size as it goes
-        self._grow()  # also refills min_size after earlier connect failures
+        self._meet_demand()  # also refills min_size after earlier connect failures
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
