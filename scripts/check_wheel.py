@@ -1,12 +1,18 @@
-"""Check a built wheel: each package exactly once, each with py.typed, no stray top-levels."""
+"""Check a built wheel: each package exactly once, each with py.typed, no stray top-levels.
+
+Also that the ``pytest11`` entry point ``pgpool`` names the plugin module.
+"""
 
 from __future__ import annotations
 
+import configparser
 import sys
 import zipfile
 from pathlib import Path
 
 PACKAGES = ("pgpool_core", "pgpool_tornado", "pgpool_sprockets")
+#: The module the ``pytest11`` entry point ``pgpool`` must name: the plugin, not the package.
+PYTEST_PLUGIN = "pgpool_core.testing._plugin"
 
 
 def main(directory: str) -> int:
@@ -26,11 +32,12 @@ def main(directory: str) -> int:
         if f"{package}/py.typed" not in names:
             problems.append(f"{package}: no py.typed")
     entry_points = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
-    if (
-        not entry_points
-        or "pgpool_core.testing" not in zipfile.ZipFile(wheels[0]).read(entry_points[0]).decode()
-    ):
-        problems.append("the pytest11 entry point pgpool_core.testing is missing")
+    parser = configparser.ConfigParser()
+    if entry_points:
+        parser.read_string(zipfile.ZipFile(wheels[0]).read(entry_points[0]).decode())
+    plugin = parser.get("pytest11", "pgpool", fallback=None)
+    if plugin != PYTEST_PLUGIN:
+        problems.append(f"the pytest11 entry point pgpool is {plugin!r}, not {PYTEST_PLUGIN!r}")
     for problem in problems:
         print("wheel:", problem)
     if not problems:
