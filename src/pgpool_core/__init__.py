@@ -27,6 +27,7 @@ from .errors import (
     SettingsError,
     TooManyRequestsError,
     TransactionRolledBackError,
+    TransactionUsageError,
 )
 
 __version__ = "0.1.0"
@@ -60,6 +61,7 @@ __all__ = [
     "SrvResolver",
     "TooManyRequestsError",
     "TransactionRolledBackError",
+    "TransactionUsageError",
     "TxStatus",
     "UrlSource",
     "__version__",

@@ -845,8 +845,11 @@ class PoolManager:
         timeout = check_timeout(timeout)
         async with self._checkout(timeout) as (slot, deadline):
             connector = PostgresConnector(slot, deadline, self._tools)
-            async with connector.transaction(resolve_commit=resolve_commit):
-                yield connector
+            try:
+                async with connector.transaction(resolve_commit=resolve_commit):
+                    yield connector
+            finally:
+                connector.end()
 
     @contextlib.asynccontextmanager
     async def connector(
@@ -863,9 +866,13 @@ class PoolManager:
         """
         timeout = check_timeout(timeout)
         async with self._checkout(timeout) as (slot, deadline):
-            yield PostgresConnector(
+            connector = PostgresConnector(
                 slot, deadline, self._tools, on_error=on_error, on_duration=on_duration
             )
+            try:
+                yield connector
+            finally:
+                connector.end()
 
     @contextlib.asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:

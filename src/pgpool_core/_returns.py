@@ -42,10 +42,14 @@ class Canceller:
         if self._threads >= self._max_threads:
             return False
         until = self._clock() + self.bound
+        sent = self._send(conn)
+        sent.add_done_callback(_consume)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._send(conn), until - self._clock())
+            await asyncio.wait((sent,), timeout=until - self._clock())
             await asyncio.wait((ended,), timeout=max(until - self._clock(), 0))
-        return ended.done() or not conn.is_busy()
+        # A cancel request still on its way could land on the connection's next statement
+        # (someone else's): the connection is reusable only once the request is done.
+        return sent.done() and (ended.done() or not conn.is_busy())
 
     def _send(self, conn: DriverConnection) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
@@ -90,7 +94,8 @@ async def restore(
     roll back its open transaction (``rollback`` None: don't); True when it ended idle and
     healthy. A step that fails or cannot be confirmed leaves the verdict False."""
     if conn.is_busy():
-        ended = ended or conn.wait_until_idle()
+        if ended is None or ended.done():  # none caught, or a stale one: catch it now
+            ended = conn.wait_until_idle()
         ended.add_done_callback(_consume)  # its error was the caller's, not ours
         if not await cancel(conn, ended):
             return False

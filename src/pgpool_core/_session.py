@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,13 +19,26 @@ from ._metrics import Recorder
 from ._result import QueryResult
 from ._returns import Canceller
 from ._statements import Deadline, SessionStateWarnings, StatementRunner, check_timeout
-from ._transaction import BEGIN_WITH_XID, Committer
-from .errors import PoolError
+from ._transaction import BEGIN_WITH_XID, Committer, XidMark
+from .errors import (
+    PoolClosedError,
+    PoolError,
+    QueryTimeoutError,
+    TransactionRolledBackError,
+    TransactionUsageError,
+)
 
 __all__ = ["OnDuration", "OnError", "PostgresConnector", "SessionTools", "apply_on_error"]
 
 OnError = Callable[[str, Exception], "Exception | None"]
 OnDuration = Callable[[str, float], None]
+
+#: Statements that end or start a transaction (not SAVEPOINT, RELEASE, ROLLBACK TO).
+_TRANSACTION_CONTROL = re.compile(
+    r"^\s*(COMMIT|END|ABORT|BEGIN|START\s+TRANSACTION|PREPARE\s+TRANSACTION"
+    r"|ROLLBACK(?!\s+(?:WORK\s+|TRANSACTION\s+)?TO\b))\b",
+    re.IGNORECASE,
+)
 
 
 def apply_on_error(on_error: OnError | None, metric_name: str, exc: Exception) -> None:
@@ -123,6 +137,14 @@ class PostgresConnector:
         self._in_transaction = False
         self._failure: BaseException | None = None
         self._ended_by: str | None = None
+        # A statement of the transaction ran out of time or was stopped: it may still
+        # complete on the server, so the transaction must not commit (never cleared).
+        self._doomed: BaseException | None = None
+        self._done = False  # the block that checked this connection out has ended
+
+    def end(self) -> None:
+        """The checkout is over: any later use of this connector is refused."""
+        self._done = True
 
     async def execute(
         self,
@@ -148,6 +170,7 @@ class PostgresConnector:
         self, sql: str, params: Any, metric_name: str, timeout: float | None, *, callproc: bool
     ) -> QueryResult:
         tools = self._tools
+        self._check_usable(sql, callproc=callproc)
         started = tools.clock()
         deadline = self._deadline.sooner(started, check_timeout(timeout))
         failure: BaseException | None = None
@@ -155,8 +178,10 @@ class PostgresConnector:
             result = await tools.runner.run(self._slot, sql, params, deadline, callproc=callproc)
         except (psycopg2.Error, PoolError) as exc:
             failure = exc
-            if self._in_transaction and self._failure is None:
-                self._failure = exc
+            if self._in_transaction:
+                self._failure = self._failure or exc
+                if isinstance(exc, (QueryTimeoutError, PoolClosedError)):
+                    self._doomed = self._doomed or exc
             apply_on_error(self._on_error, metric_name, exc)
             return QueryResult(0, [])  # swallowed by the hook
         except BaseException as exc:
@@ -169,6 +194,32 @@ class PostgresConnector:
         if self._in_transaction:
             self._after_statement()
         return result
+
+    def _check_usable(self, sql: str, *, callproc: bool) -> None:
+        """Refuse, before sending, what would make the transaction's outcome a guess."""
+        if self._done:
+            raise TransactionUsageError(
+                "this connector's block has ended and its connection went back to the pool;"
+                " nothing was sent"
+            )
+        if not self._in_transaction:
+            return
+        if self._doomed is not None:
+            error = TransactionRolledBackError(
+                "the transaction is being rolled back: one of its statements ran out of time"
+                f" ({type(self._doomed).__name__}); nothing was sent",
+                self._doomed,
+            )
+            raise error from self._doomed
+        if self._ended_by is not None:
+            raise TransactionUsageError(
+                f"the block already ended the transaction ({self._ended_by}); nothing was sent"
+            )
+        if not callproc and _TRANSACTION_CONTROL.match(sql):
+            raise TransactionUsageError(
+                "transaction control inside transaction(): leave the block to commit, raise"
+                " to roll back, or use SAVEPOINT / ROLLBACK TO SAVEPOINT; nothing was sent"
+            )
 
     def _after_statement(self) -> None:
         conn = self._slot.conn
@@ -204,14 +255,20 @@ class PostgresConnector:
         the exception it returns is raised, but None cannot swallow an outcome.
         """
         tools, slot = self._tools, self._slot
+        if self._in_transaction or self._done:
+            raise TransactionUsageError(
+                "transaction() is already open on this connector (use SAVEPOINT), or its"
+                " block has ended; nothing was sent"
+            )
         resolve = tools.resolve_commits if resolve_commit is None else resolve_commit
-        xid: int | None = None
+        xid: XidMark | None = None
         if resolve:
             row = (await tools.runner.run(slot, BEGIN_WITH_XID, None, self._deadline)).row
-            xid = int(row["xid"]) if row is not None else None
+            xid = None if row is None else XidMark(int(row["xid"]), row["started"])
         else:
             await tools.runner.run(slot, "BEGIN", None, self._deadline)
         self._in_transaction, self._failure, self._ended_by = True, None, None
+        self._doomed = None
         try:
             yield self
         except BaseException as exc:
@@ -225,7 +282,12 @@ class PostgresConnector:
         self._in_transaction = False
         try:
             await tools.committer.commit(
-                slot, self._deadline, xid=xid, failure=self._failure, ended_by=self._ended_by
+                slot,
+                self._deadline,
+                xid=xid,
+                failure=self._doomed or self._failure,
+                ended_by=self._ended_by,
+                doomed=self._doomed is not None,
             )
         except (psycopg2.Error, PoolError) as exc:
             apply_on_error(self._on_error, "postgres_transaction", exc)

@@ -172,6 +172,7 @@ class StatementRunner:
         in_transaction = conn.transaction_status() in _IN_TRANSACTION
         try:
             future = conn.send(sql, params, callproc=callproc)
+            slot.outcome = None  # an earlier statement's end, caught when it was abandoned
         except (IndexError, KeyError, TypeError, ValueError, psycopg2.ProgrammingError) as exc:
             raise QueryParameterError(
                 f"statement parameters rejected, nothing was sent: {_bad_parameter(params, exc)}"

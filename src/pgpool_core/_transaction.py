@@ -26,6 +26,7 @@ __all__ = [
     "BEGIN_WITH_XID",
     "Committer",
     "Refusal",
+    "XidMark",
     "await_answer",
     "refuse_commit",
     "resolve_xid",
@@ -33,11 +34,27 @@ __all__ = [
 
 LOGGER = logging.getLogger("pgpool")
 
-#: BEGIN and the transaction's id in one round trip (the result is the SELECT's). Assigning
-#: the id up front is the cost of being able to ask ``txid_status`` about it later.
-BEGIN_WITH_XID = "BEGIN; SELECT txid_current() AS xid"
+#: BEGIN, the transaction's id and the server's start time, in one round trip (the result is
+#: the SELECT's). Assigning the id up front is the cost of being able to ask
+#: ``txid_status`` about it later; the start time tells whether a later answer comes from
+#: the same server life: after a crash, an id whose records never reached the disk may be
+#: handed to another transaction, whose outcome txid_status would then report.
+BEGIN_WITH_XID = "BEGIN; SELECT txid_current() AS xid, pg_postmaster_start_time() AS started"
 
-_XID_STATUS = "SELECT txid_status(%s) AS status"
+_XID_STATUS = "SELECT txid_status(%s) AS status, pg_postmaster_start_time() AS started"
+
+
+class XidMark:
+    """A transaction's id and the start time of the server that assigned it."""
+
+    __slots__ = ("started", "xid")
+
+    def __init__(self, xid: int, started: object) -> None:
+        self.xid = xid
+        self.started = started
+
+    def __repr__(self) -> str:
+        return str(self.xid)
 
 
 class Refusal:
@@ -58,20 +75,31 @@ def refuse_commit(
     total: float,
     failure: BaseException | None,
     ended_by: str | None,
+    doomed: bool = False,
 ) -> Refusal | None:
     """Whether COMMIT may be sent on a connection in ``status``; None means send it.
 
     ``failure`` is the error that aborted the transaction, ``ended_by`` the command tag of a
-    statement of the block that ended the transaction itself (``COMMIT``, ``ROLLBACK``).
+    statement of the block that ended the transaction itself (``COMMIT``, ``ROLLBACK``),
+    ``doomed`` whether a statement ran out of time (it may have completed since: the
+    transaction must not commit what its caller was told failed).
     """
     if status is TxStatus.IDLE:
         if ended_by == "COMMIT":
             return None  # the block committed it itself; nothing is left to send
+        if ended_by == "ROLLBACK":
+            return Refusal(
+                TransactionRolledBackError(
+                    "the transaction was ended inside the block by ROLLBACK; nothing of it"
+                    " was committed",
+                    failure,
+                ),
+                rollback=False,
+            )
         return Refusal(
-            TransactionRolledBackError(
-                f"the transaction was ended inside the block by {ended_by or 'its own statement'}"
-                "; nothing of it was committed",
-                failure,
+            CommitUnknownError(
+                f"a statement of the block ended the transaction (last command {ended_by});"
+                " the pool cannot tell whether it committed"
             ),
             rollback=False,
         )
@@ -87,6 +115,8 @@ def refuse_commit(
         )
     if status is TxStatus.INERROR:
         return Refusal(_rolled_back("a statement failed inside it", failure), rollback=True)
+    if doomed:
+        return Refusal(_rolled_back("a statement ran out of time", failure), rollback=True)
     if deadline_passed:
         return Refusal(
             QueryTimeoutError(
@@ -136,39 +166,45 @@ async def await_answer(
 
 async def resolve_xid(
     connect: Callable[[float], Awaitable[DriverConnection]],
-    xid: int,
+    mark: XidMark,
     until: float,
     clock: Callable[[], float],
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> str | None:
-    """``committed`` or ``aborted`` for transaction ``xid``, asked on a fresh connection;
-    None when the server could not say by ``until`` (unreachable, or still in progress).
+) -> tuple[str | None, str]:
+    """``(verdict, why)``: verdict ``committed`` or ``aborted`` for the transaction of
+    ``mark``, asked on a fresh connection, or None when it cannot be known by ``until``.
 
     Retries while the server is unreachable or the transaction is still in progress (its
     backend may be finishing the COMMIT whose answer was lost); there is no notification to
-    wait on, so it re-asks with a short, growing pause.
+    wait on, so it re-asks with a short, growing pause. An answer from a server that
+    restarted since (or another server) can only say ``aborted``: a committed id there may
+    have been reused.
     """
-    pause = 0.01
+    pause, why = 0.01, "no answer"
     while True:
         remaining = until - clock()
         if remaining <= 0:
-            return None
-        status = await _ask_xid_status(connect, xid, remaining)
-        if status in ("committed", "aborted"):
-            return status
+            return None, why
+        row = await _ask_xid_status(connect, mark.xid, remaining)
+        if row is not None:
+            status, same_server = row["status"], row["started"] == mark.started
+            why = f"txid_status({mark.xid}) says {status}"
+            if status == "aborted" or (status == "committed" and same_server):
+                return status, why
+            if not same_server:
+                return None, f"{why}, but the server restarted since: its id may be reused"
         await sleep(min(pause, max(until - clock(), 0)))
         pause = min(pause * 2, 0.2)
 
 
 async def _ask_xid_status(
     connect: Callable[[float], Awaitable[DriverConnection]], xid: int, timeout: float
-) -> str | None:
+) -> dict[str, Any] | None:
     conn: DriverConnection | None = None
     try:
         conn = await connect(timeout)
         await asyncio.wait_for(conn.send(_XID_STATUS, [xid]), timeout)
-        row = conn.result().row
-        return None if row is None else row["status"]
+        return conn.result().row
     except Exception as exc:  # unreachable, starting up, timed out: ask again
         LOGGER.debug("txid_status(%d) not answered yet: %s", xid, type(exc).__name__)
         return None
@@ -210,9 +246,10 @@ class Committer:
         slot: Slot,
         deadline: Deadline,
         *,
-        xid: int | None,
+        xid: XidMark | None,
         failure: BaseException | None,
         ended_by: str | None,
+        doomed: bool = False,
     ) -> None:
         """COMMIT the transaction open on ``slot``; returns only if the server committed."""
         conn = slot.conn
@@ -223,6 +260,7 @@ class Committer:
             total=deadline.total,
             failure=failure,
             ended_by=ended_by,
+            doomed=doomed,
         )
         if refusal is not None:
             if refusal.rollback:
@@ -244,7 +282,7 @@ class Committer:
         try:
             self._answered(conn, answer, failure)
         except CommitUnknownError as unknown:
-            unknown.xid = xid
+            unknown.xid = None if xid is None else xid.xid
             if xid is None or cancelled is not None:
                 self._log_cancelled(cancelled, xid, "unknown")
                 raise
@@ -312,26 +350,24 @@ class Committer:
             ) from error
         raise error  # the server refused to commit (e.g. a deferred constraint): rolled back
 
-    async def _resolve(self, xid: int, unknown: CommitUnknownError) -> None:
-        """Ask the server how transaction ``xid`` ended; return if it committed."""
+    async def _resolve(self, mark: XidMark, unknown: CommitUnknownError) -> None:
+        """Ask the server how the transaction of ``mark`` ended; return if it committed."""
         until = self._clock() + self._cancel_timeout
-        verdict = await resolve_xid(self._connect, xid, until, self._clock)
-        LOGGER.debug("pool %s: lost COMMIT of xid %d resolved: %s", self._pool_name(), xid, verdict)
+        verdict, why = await resolve_xid(self._connect, mark, until, self._clock)
+        LOGGER.debug("pool %s: lost COMMIT resolved: %s", self._pool_name(), why)
         if verdict == "committed":
             return
         if verdict == "aborted":
             raise TransactionRolledBackError(
-                f"transaction rolled back: the connection was lost during COMMIT and"
-                f" txid_status({xid}) says aborted",
+                f"transaction rolled back: the connection was lost during COMMIT and {why}",
                 unknown,
             ) from unknown
         raise CommitUnknownError(
-            f"{unknown}; txid_status({xid}) could not be read within {self._cancel_timeout:.3f} s",
-            xid,
+            f"{unknown}; not resolved within {self._cancel_timeout:.3f} s ({why})", mark.xid
         ) from unknown
 
     def _log_cancelled(
-        self, cancelled: asyncio.CancelledError | None, xid: int | None, outcome: str
+        self, cancelled: asyncio.CancelledError | None, xid: XidMark | None, outcome: str
     ) -> None:
         """After a caller was cancelled while its COMMIT ran: log the outcome, re-raise."""
         if cancelled is None:

@@ -18,6 +18,7 @@ __all__ = [
     "SettingsError",
     "TooManyRequestsError",
     "TransactionRolledBackError",
+    "TransactionUsageError",
 ]
 
 
@@ -98,6 +99,18 @@ class CommitUnknownError(PoolError):
     def __init__(self, message: str, xid: int | None = None) -> None:
         super().__init__(message)
         self.xid = xid
+
+
+class TransactionUsageError(PoolError, RuntimeError):
+    """``transaction()`` used in a way whose outcome the pool could not report truthfully;
+    nothing was sent. Inside the block: a transaction-control statement (``COMMIT``,
+    ``ROLLBACK``, ``BEGIN``...: leave the block to commit, raise to roll back, use
+    ``SAVEPOINT`` / ``ROLLBACK TO SAVEPOINT`` for partial rollbacks), a nested
+    ``transaction()`` on the same connector, or a statement after the transaction ended;
+    after the block: any use of its connector.
+
+    .. versionadded:: 0.2
+    """
 
 
 class PoolClosedError(ConnectionException):

@@ -441,3 +441,24 @@ def _check_told(plans: list[Plan], present: set[str], log: str, run: str) -> Non
     print(summary)
     assert not mismatches, f"{summary}: {mismatches[:5]}"
     assert all(told[kind] for kind in ("committed", "rolled back", "cancelled")), summary
+
+
+async def test_statement_timeout_caught_in_the_block_never_commits(
+    pool: PoolManager, url: str, postgres_server: PostgresServer
+) -> None:
+    """A statement times out, the block catches it and goes on while the statement
+    completes on the server: the caller was told "rolled back", so nothing of the
+    transaction may commit (it used to: COMMIT went out once the statement had finished)."""
+    db = database_of(url)
+
+    async def catch_the_timeout() -> None:
+        async with pool.transaction() as tx:
+            await tx.execute("INSERT INTO truth VALUES ('before')")
+            with contextlib.suppress(QueryTimeoutError):
+                await tx.execute("INSERT INTO truth SELECT 'slow' FROM pg_sleep(0.3)", timeout=0.05)
+            await asyncio.sleep(0.4)  # application work while the statement completes
+
+    with pytest.raises(TransactionRolledBackError, match="ran out of time"):
+        await catch_the_timeout()
+    await _clean(postgres_server, db)
+    assert _tokens(postgres_server, db) == {"taken"}

@@ -5,6 +5,7 @@ the exception."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from pgpool_core import (
     QueryTimeoutError,
     SettingsError,
     TransactionRolledBackError,
+    TransactionUsageError,
     TxStatus,
     classify,
     sqlstate,
@@ -59,7 +61,7 @@ def clock() -> Clock:
 @pytest.fixture
 async def pool(fake: FakeConnector, clock: Clock) -> AsyncIterator[PoolManager]:
     fake.on(r"^INSERT .*'dup'", error=psycopg2.errors.UniqueViolation("duplicate key"))
-    fake.on(r"txid_current", rows=[{"xid": 4242}])
+    fake.on(r"txid_current", rows=[{"xid": 4242, "started": "boot-1"}])
     manager = PoolManager(
         URL, connector=fake, min_size=0, max_size=2, clock=clock, cancel_timeout=5.0
     )
@@ -192,17 +194,63 @@ async def test_savepoint_recovery_still_commits(pool: PoolManager, fake: FakeCon
     assert _sent(fake)[-1] == "COMMIT"
 
 
-async def test_block_that_ends_the_transaction_itself(
+@pytest.mark.parametrize(
+    "control",
+    ["COMMIT", " rollback", "END", "ABORT", "BEGIN", "COMMIT AND CHAIN", "PREPARE TRANSACTION 'x'"],
+)
+async def test_transaction_control_inside_the_block_is_refused(
+    pool: PoolManager, fake: FakeConnector, control: str
+) -> None:
+    """The block's own COMMIT / ROLLBACK / BEGIN would make the reported outcome a guess
+    (a COMMIT and then more statements, a COMMIT AND CHAIN then an error): refused before
+    sending; the pool rolls back; savepoints stay allowed."""
+
+    async def run() -> None:
+        async with pool.transaction() as tx:
+            await tx.execute("SAVEPOINT s")
+            await tx.execute("ROLLBACK TO SAVEPOINT s")
+            await tx.execute(control)
+
+    with pytest.raises(TransactionUsageError, match="nothing was sent"):
+        await run()
+    assert _sent(fake) == ["BEGIN", "SAVEPOINT s", "ROLLBACK TO SAVEPOINT s", "ROLLBACK"]
+
+
+async def test_timed_out_statement_dooms_its_transaction(
     pool: PoolManager, fake: FakeConnector
 ) -> None:
-    """The block's own ROLLBACK is reported as a rollback; its own COMMIT as success, and no
-    second COMMIT is sent."""
-    with pytest.raises(TransactionRolledBackError, match="ended inside the block by ROLLBACK"):
+    """A statement timeout caught by the block: the statement may still complete, so
+    nothing more is sent and COMMIT is refused; the caller was told "rolled back" and it is."""
+    gate = asyncio.Event()
+    fake.on("^UPDATE", gate=gate)
+
+    async def run() -> None:
         async with pool.transaction() as tx:
-            await tx.execute("ROLLBACK")
-    async with pool.transaction() as tx:
-        await tx.execute("COMMIT")
-    assert _sent(fake) == ["BEGIN", "ROLLBACK", "BEGIN", "COMMIT"]
+            with contextlib.suppress(QueryTimeoutError):
+                await tx.execute("UPDATE t SET x = 1", timeout=0.02)
+            gate.set()  # the statement completes on the server after all
+            with pytest.raises(TransactionRolledBackError, match="nothing was sent"):
+                await tx.execute("INSERT INTO t VALUES (2)")
+
+    with pytest.raises(TransactionRolledBackError, match="ran out of time"):
+        await run()
+    await _settled(pool)
+    assert "COMMIT" not in _sent(fake)
+    assert "INSERT INTO t VALUES (2)" not in _sent(fake)
+
+
+async def test_nested_transaction_and_stale_connector_are_refused(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """transaction() twice on one connector, or a connector used after its block: refused,
+    nothing sent (it would run on a connection someone else may hold)."""
+    async with pool.connector() as connector, connector.transaction():
+        with pytest.raises(TransactionUsageError):
+            async with connector.transaction():
+                pass
+    with pytest.raises(TransactionUsageError, match="block has ended"):
+        await connector.execute("INSERT INTO t VALUES (1)")
+    assert "INSERT INTO t VALUES (1)" not in _sent(fake)
 
 
 async def test_commit_answered_after_the_deadline_reports_the_commit(
@@ -291,15 +339,24 @@ async def test_connection_lost_during_commit_is_unknown(
 
 
 @pytest.mark.parametrize(
-    ("verdict", "expected"),
-    [("committed", None), ("aborted", TransactionRolledBackError)],
+    "case",
+    [
+        ("committed", "boot-1", None, ""),
+        ("aborted", "boot-1", TransactionRolledBackError, "says aborted"),
+        # After a restart an id whose records never reached the disk may be reused:
+        # "committed" may be another transaction's; "aborted" still means ours did not.
+        ("committed", "boot-2", CommitUnknownError, "the server restarted since"),
+        ("aborted", "boot-2", TransactionRolledBackError, "says aborted"),
+    ],
 )
 async def test_lost_commit_is_resolved_by_its_xid(
-    pool: PoolManager, fake: FakeConnector, verdict: str, expected: type[Exception] | None
+    pool: PoolManager, fake: FakeConnector, case: tuple[str, str, type[Exception] | None, str]
 ) -> None:
-    """With resolve_commit, a lost COMMIT is answered by txid_status on a new connection."""
+    """With resolve_commit, a lost COMMIT is answered by txid_status on a new connection,
+    trusted as committed only from the same server life."""
+    verdict, started, expected, says = case
     fake.on("^COMMIT", close_connection=True)
-    fake.on("txid_status", rows=[{"status": verdict}])
+    fake.on("txid_status", rows=[{"status": verdict, "started": started}])
 
     async def run() -> None:
         async with pool.transaction(resolve_commit=True) as tx:
@@ -308,10 +365,12 @@ async def test_lost_commit_is_resolved_by_its_xid(
     if expected is None:
         await run()
     else:
-        with pytest.raises(expected, match="says aborted"):
+        with pytest.raises(expected, match=says):
             await run()
     assert fake.connections[0].statements[0] == BEGIN_WITH_XID
-    assert fake.connections[1].statements == ["SELECT txid_status(%s) AS status"]
+    assert [sql.split(",")[0] for sql in fake.connections[1].statements] == [
+        "SELECT txid_status(%s) AS status"
+    ]
     assert fake.connections[1].closed
 
 
@@ -320,16 +379,16 @@ async def test_unresolvable_commit_stays_unknown_within_the_bound(
 ) -> None:
     """A transaction still in progress on the server past the bound: CommitUnknownError
     with its xid, raised within cancel_timeout."""
-    fake.on(r"txid_current", rows=[{"xid": 7}])
+    fake.on(r"txid_current", rows=[{"xid": 7, "started": "boot-1"}])
     fake.on("^COMMIT", close_connection=True)
-    fake.on("txid_status", rows=[{"status": "in progress"}])
+    fake.on("txid_status", rows=[{"status": "in progress", "started": "boot-1"}])
     async with PoolManager(
         URL, connector=fake, min_size=0, cancel_timeout=0.1, resolve_commits=True
     ) as pool:
         loop = asyncio.get_running_loop()
         started = loop.time()
         with pytest.raises(
-            CommitUnknownError, match=r"txid_status\(7\) could not be read"
+            CommitUnknownError, match=r"txid_status\(7\) says in progress"
         ) as caught:
             async with pool.transaction() as tx:
                 await tx.execute("INSERT INTO t VALUES ('x')")
