@@ -36,6 +36,9 @@ class Slot:
     outcome: asyncio.Future[None] | None = None
     #: The running statement is a COMMIT: nothing may cut it before its own bound.
     committing: bool = False
+    #: A cancel request still on its way to the server: until it lands, the connection
+    #: must serve nobody (it would cancel their statement).
+    cancel_in_flight: asyncio.Future[None] | None = None
     acquired_at: float = 0.0
     #: Bumped on failover: connections of an older generation are not reused.
     generation: int = 0

@@ -652,10 +652,14 @@ class PoolManager:
         if slot not in self._bag.busy:
             return
         conn = slot.conn
-        if conn.is_busy() or (
-            not bad
-            and self._state.serving
-            and conn.transaction_status() in (TxStatus.INTRANS, TxStatus.INERROR)
+        if (
+            conn.is_busy()
+            or slot.cancel_in_flight is not None
+            or (
+                not bad
+                and self._state.serving
+                and conn.transaction_status() in (TxStatus.INTRANS, TxStatus.INERROR)
+            )
         ):
             self._bag.begin_return()
             self._spawn_return(self._restore_then_release(slot, bad=bad))
@@ -667,12 +671,14 @@ class PoolManager:
         """Cancel what still runs, roll back what is open (bounded), then release: reused
         if that worked, else closed and counted bad."""
         ended, slot.outcome = slot.outcome, None
+        in_flight, slot.cancel_in_flight = slot.cancel_in_flight, None
         restored = False
         try:
             restored = await restore(
                 slot.conn,
                 ended,
-                cancel=self._canceller.cancel,
+                in_flight,
+                canceller=self._canceller,
                 rollback=None if bad or not self._state.serving else lambda: self._rollback(slot),
             )
         finally:  # also when stop() cancels this task: never leave the slot behind
@@ -952,11 +958,6 @@ class PoolManager:
         for slot in self._bag.evict(self._now(), self.settings.max_idle):
             self._drop_idle(slot)  # refills up to min_size as it goes
         self._meet_demand()  # also refills min_size after earlier connect failures
-
-
-def _consume(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
 
 
 def _describe(exc: BaseException, url: str, *passwords: str) -> str:

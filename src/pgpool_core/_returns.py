@@ -12,7 +12,7 @@ from typing import Any
 
 from ._connector import DriverConnection, TxStatus
 
-__all__ = ["Canceller", "restore"]
+__all__ = ["Canceller", "consume", "restore"]
 
 
 class Canceller:
@@ -34,22 +34,29 @@ class Canceller:
         self._name = name
         self._threads = 0
 
-    async def cancel(self, conn: DriverConnection, ended: asyncio.Future[Any]) -> bool:
-        """Ask the server to cancel ``conn``'s running statement; True once it has ended
-        (``ended`` is done, or the connection is idle), waiting at most :attr:`bound`."""
+    async def cancel(
+        self, conn: DriverConnection, ended: asyncio.Future[Any]
+    ) -> tuple[bool, asyncio.Future[None] | None]:
+        """Ask the server to cancel ``conn``'s running statement; wait at most :attr:`bound`
+        for it to end. Returns ``(over, in_flight)``: whether the statement has ended
+        (``ended`` is done, or the connection is idle), and the cancel request if it is
+        still on its way: until it is done the connection must not serve anyone, as it
+        could land on their statement (see :func:`restore`)."""
         if ended.done() or not conn.is_busy():
-            return True
+            return True, None
         if self._threads >= self._max_threads:
-            return False
-        until = self._clock() + self.bound
+            return False, None
         sent = self._send(conn)
-        sent.add_done_callback(_consume)
+        sent.add_done_callback(consume)
         with contextlib.suppress(Exception):
-            await asyncio.wait((sent,), timeout=until - self._clock())
-            await asyncio.wait((ended,), timeout=max(until - self._clock(), 0))
-        # A cancel request still on its way could land on the connection's next statement
-        # (someone else's): the connection is reusable only once the request is done.
-        return sent.done() and (ended.done() or not conn.is_busy())
+            await asyncio.wait((ended,), timeout=self.bound)
+        return ended.done() or not conn.is_busy(), None if sent.done() else sent
+
+    async def landed(self, sent: asyncio.Future[None]) -> bool:
+        """Wait (at most :attr:`bound`) for a cancel request still on its way."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait((sent,), timeout=self.bound)
+        return sent.done()
 
     def _send(self, conn: DriverConnection) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
@@ -86,19 +93,25 @@ class Canceller:
 async def restore(
     conn: DriverConnection,
     ended: asyncio.Future[Any] | None,
+    in_flight: asyncio.Future[None] | None,
     *,
-    cancel: Callable[[DriverConnection, asyncio.Future[Any]], Awaitable[bool]],
+    canceller: Canceller,
     rollback: Callable[[], Awaitable[object]] | None,
 ) -> bool:
-    """Cancel ``conn``'s running statement (whose end is ``ended``, if already caught) and
-    roll back its open transaction (``rollback`` None: don't); True when it ended idle and
-    healthy. A step that fails or cannot be confirmed leaves the verdict False."""
+    """Bring ``conn`` back to idle: cancel its running statement (whose end is ``ended``,
+    if already caught), wait for a cancel request still ``in_flight``, roll back an open
+    transaction (``rollback`` None: don't). True when it ended idle, healthy, and no cancel
+    request can still land on it; a step that fails or cannot be confirmed gives False."""
     if conn.is_busy():
         if ended is None or ended.done():  # none caught, or a stale one: catch it now
             ended = conn.wait_until_idle()
-        ended.add_done_callback(_consume)  # its error was the caller's, not ours
-        if not await cancel(conn, ended):
+        ended.add_done_callback(consume)  # its error was the caller's, not ours
+        over, sent = await canceller.cancel(conn, ended)
+        if not over:
             return False
+        in_flight = in_flight or sent
+    if in_flight is not None and not await canceller.landed(in_flight):
+        return False
     if conn.transaction_status() in (TxStatus.INTRANS, TxStatus.INERROR):
         if rollback is None:
             return False
@@ -109,6 +122,8 @@ async def restore(
     return not conn.closed and conn.transaction_status() is TxStatus.IDLE
 
 
-def _consume(future: asyncio.Future[Any]) -> None:
+def consume(future: asyncio.Future[Any]) -> None:
+    """A done-callback that retrieves a future's error nobody else will await (asyncio
+    would log it as never retrieved)."""
     if not future.cancelled():
         future.exception()

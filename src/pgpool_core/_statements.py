@@ -18,7 +18,7 @@ from ._classify import sqlstate
 from ._connector import TxStatus
 from ._metrics import Counters
 from ._result import QueryResult
-from ._returns import Canceller
+from ._returns import Canceller, consume
 from ._timers import DeadlineTimer
 from .errors import (
     PoolClosedError,
@@ -213,8 +213,10 @@ class StatementRunner:
         """After an autocommit statement ran out of time (or the pool stopped): cancel it
         on the server and report how it really ended, bounded by cancel_timeout."""
         outcome, slot.outcome = slot.outcome, None
-        ended = outcome is not None and await self._canceller.cancel(slot.conn, outcome)
-        if not ended or outcome is None:
+        over, slot.cancel_in_flight = (
+            (False, None) if outcome is None else await self._canceller.cancel(slot.conn, outcome)
+        )
+        if not over or outcome is None:
             slot.conn.close()
             raise _interrupted(
                 stopped,
@@ -225,6 +227,7 @@ class StatementRunner:
             )
         error = outcome.exception()
         if error is None:
+            # The release waits for a cancel request still in flight before any reuse.
             LOGGER.debug("statement completed before its cancel arrived")
             self._on_success()
             return slot.conn.result()
@@ -257,7 +260,7 @@ def interrupt(slot: Slot, reason: Exception) -> bool:
         return False
     if not slot.committing:
         slot.outcome = slot.conn.wait_until_idle()
-        slot.outcome.add_done_callback(_consume)
+        slot.outcome.add_done_callback(consume)
     running.set_exception(reason)
     return True
 
@@ -290,8 +293,3 @@ def _bad_parameter(params: Any, exc: BaseException) -> str:
             return f"parameter at {where} has type {type(value).__name__}, which cannot be adapted"
     given = "no" if params is None else str(len(params)) if hasattr(params, "__len__") else "1"
     return f"{type(exc).__name__}: {exc} ({given} parameter(s) given)"
-
-
-def _consume(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()

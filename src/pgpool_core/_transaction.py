@@ -19,6 +19,7 @@ from typing import Any
 from ._bag import Slot
 from ._classify import sqlstate
 from ._connector import DriverConnection, TxStatus
+from ._returns import consume
 from ._statements import Deadline, StatementRunner, Stopped
 from .errors import CommitUnknownError, QueryTimeoutError, TransactionRolledBackError
 
@@ -39,9 +40,9 @@ LOGGER = logging.getLogger("pgpool")
 #: ``txid_status`` about it later; the start time tells whether a later answer comes from
 #: the same server life: after a crash, an id whose records never reached the disk may be
 #: handed to another transaction, whose outcome txid_status would then report.
-BEGIN_WITH_XID = "BEGIN; SELECT txid_current() AS xid, pg_postmaster_start_time() AS started"
+BEGIN_WITH_XID = "BEGIN; SELECT txid_current() AS xid, pg_postmaster_start_time()::text AS started"
 
-_XID_STATUS = "SELECT txid_status(%s) AS status, pg_postmaster_start_time() AS started"
+_XID_STATUS = "SELECT txid_status(%s) AS status, pg_postmaster_start_time()::text AS started"
 
 
 class XidMark:
@@ -277,7 +278,7 @@ class Committer:
                 f" sent ({type(exc).__name__})",
                 exc,
             ) from exc
-        answer.add_done_callback(_consume)
+        answer.add_done_callback(consume)
         cancelled = await self._await_commit(slot, answer, deadline.at + self._cancel_timeout)
         try:
             self._answered(conn, answer, failure)
@@ -384,8 +385,3 @@ class Committer:
 def _settle_guard(guard: asyncio.Future[None], _answer: asyncio.Future[None]) -> None:
     if not guard.done():
         guard.set_result(None)
-
-
-def _consume(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
