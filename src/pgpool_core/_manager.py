@@ -39,22 +39,18 @@ from ._session import (
     OnError,
     PostgresConnector,
     SessionTools,
-    apply_on_error,
-    report_duration,
+    run_once,
 )
 from ._state import PoolState, transition
 from ._statements import (
     Deadline,
-    Stopped,
     check_timeout,
-    interrupt,
 )
-from ._stopping import StopDeadline
+from ._stopping import Shutdown
 from ._timers import DeadlineTimer
 from .errors import (
     ConfigurationError,
     PoolClosedError,
-    PoolError,
     PoolTimeoutError,
     PoolUnavailableError,
     QueryTimeoutError,
@@ -138,7 +134,7 @@ class PoolManager:
         self._bag: Bag[asyncio.Future[Slot]] = Bag(settings.min_size, settings.max_size)
         # stop(): the pool-owned shutdown task and how long it waits for work in flight.
         self._shutdown: asyncio.Task[None] | None = None
-        self._stop_deadline = StopDeadline(self._now, float("inf"))
+        self._stopping: Shutdown | None = None
         # Owned tasks by kind: connects (the reconnect loop included) and returns (restoring
         # a connection before release). stop() cancels connects at once, returns last.
         self._connects: set[asyncio.Task[Any]] = set()
@@ -287,14 +283,21 @@ class PoolManager:
         if self._shutdown is None:
             self._begin_stop(stop_at)
         else:
-            self._stop_deadline.bring_forward(stop_at)
+            assert self._stopping is not None
+            self._stopping.deadline.bring_forward(stop_at)
         assert self._shutdown is not None
         await asyncio.shield(self._shutdown)
 
     def _begin_stop(self, stop_at: float) -> None:
         """Refuse new work now (no await), then run the rest of the shutdown in a task."""
         self._state = transition(self._state, PoolState.CLOSING)
-        self._stop_deadline = StopDeadline(self._now, stop_at)
+        self._stopping = Shutdown(
+            self._now,
+            stop_at,
+            busy=self._bag.busy,
+            cancel_bound=min(self.settings.cancel_timeout, 1.0),
+            pool_name=lambda: self.name,
+        )
         for waiter in self._bag.take_all_waiters():
             waiter.set_exception(PoolClosedError(f"pool {self.name} is stopping"))
         if self._maintenance is not None:
@@ -306,50 +309,13 @@ class PoolManager:
         )
 
     async def _shut_down(self) -> None:
-        # Nothing new is opened; in-flight work returns its connections through _release,
-        # which closes them now.
-        stopped = [*self._connects, *([self._maintenance] if self._maintenance else [])]
-        for task in stopped:
-            task.cancel()
-        await self._stop_deadline.wait(self._busy)
-        cancel_bound = min(self.settings.cancel_timeout, 1.0)
-        if self._in_use:
-            LOGGER.warning(
-                "pool %s: %d connection(s) still in use at stop; cancelling",
-                self.name,
-                self._in_use,
-            )
-            self._abort_in_flight()
-            # The callers' own paths now cancel their statements server-side; give them
-            # cancel_bound, then cut whatever still hangs (a lost cancel).
-            self._stop_deadline = StopDeadline(self._now, self._now() + cancel_bound)
-            await self._stop_deadline.wait(self._busy)
-            for slot in list(self._bag.busy):
-                slot.conn.close()
-        for task in self._returns:
-            task.cancel()  # restores stuck behind a lost cancel: their connections close
-        tasks = [t for t in (*stopped, *self._returns) if not t.done()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=cancel_bound)
+        assert self._stopping is not None
+        await self._stopping.run(self._connects, self._returns, self._maintenance)
         self._leaks.close()
         for timers in (self._wait_deadlines, self._runner.timers):
             if timers is not None:
                 timers.close()
         self._state = transition(self._state, PoolState.CLOSED)
-
-    def _busy(self) -> bool:
-        return bool(self._bag.busy)
-
-    def _abort_in_flight(self) -> None:
-        """At the stop deadline: fail every statement still awaited (its caller then
-        releases the connection, which cancels the statement on the server) and close
-        connections held idle by callers (they find them closed)."""
-        for slot in list(self._bag.busy):
-            if interrupt(slot, Stopped()):  # a COMMIT runs on until its own bound
-                continue
-            if not slot.conn.is_busy():
-                slot.conn.close()
-            # else: already settling or rolling back in an owned task
 
     async def __aenter__(self) -> PoolManager:
         await self.start()
@@ -485,8 +451,8 @@ class PoolManager:
         self._bag.untake(slot)
         self._metrics.connection_used(self._now() - slot.acquired_at)
         self._leaks.forget(slot)
-        if not self._bag.busy and self._state is PoolState.CLOSING:
-            self._stop_deadline.drained()
+        if not self._bag.busy and self._stopping is not None:
+            self._stopping.deadline.drained()
 
     def _hand_off(self, slot: Slot) -> None:
         """Give a free connection to the oldest live waiter, else make it idle (FIFO fairness)."""
@@ -732,8 +698,9 @@ class PoolManager:
     def _count_leak(self) -> None:
         self._counters.leaks_detected += 1
 
-    def _release_after(self, slot: Slot, exc: BaseException) -> None:
-        """Release after a failed call; a driver error on a dead connection discards it."""
+    def _release_after(self, slot: Slot, exc: BaseException | None = None) -> None:
+        """Release after a call (failed with ``exc``): a driver error on a dead connection
+        discards it."""
         self._release(slot, bad=isinstance(exc, psycopg2.Error) and slot.conn.closed)
 
     @contextlib.asynccontextmanager
@@ -770,11 +737,14 @@ class PoolManager:
         get a connection reaches ``on_error`` as ``"postgres_connector"``), without
         holding a connector: the fast path for one statement.
         """
-        return await self._execute_once(
+        return await run_once(
+            self._tools,
+            self._acquire_for,
+            self._release_after,
             sql,
             params,
-            timeout,
-            metric_name,
+            timeout=check_timeout(timeout),
+            metric_name=metric_name,
             on_error=on_error,
             on_duration=on_duration,
             callproc=False,
@@ -791,51 +761,18 @@ class PoolManager:
         on_duration: OnDuration | None = None,
     ) -> QueryResult:
         """Call a stored function (``SELECT * FROM name(params)``); like :meth:`execute`."""
-        return await self._execute_once(
+        return await run_once(
+            self._tools,
+            self._acquire_for,
+            self._release_after,
             name,
             params,
-            timeout,
-            metric_name,
+            timeout=check_timeout(timeout),
+            metric_name=metric_name,
             on_error=on_error,
             on_duration=on_duration,
             callproc=True,
         )
-
-    async def _execute_once(
-        self,
-        sql: str,
-        params: Any,
-        timeout: float | None,
-        metric_name: str,
-        *,
-        on_error: OnError | None,
-        on_duration: OnDuration | None,
-        callproc: bool,
-    ) -> QueryResult:
-        # execute()/callproc() hot path: _checkout without its generator-based context.
-        timeout = check_timeout(timeout)
-        try:
-            slot, deadline = await self._acquire_for(timeout, metric_name)
-        except PoolError as exc:
-            apply_on_error(on_error, "postgres_connector", exc)
-            return QueryResult(0, [])  # swallowed by the hook
-        started = self._now()
-        failure: BaseException | None = None
-        try:
-            result = await self._runner.run(slot, sql, params, deadline, callproc=callproc)
-        except BaseException as exc:
-            failure = exc
-            self._release_after(slot, exc)
-            if isinstance(exc, (psycopg2.Error, PoolError)):
-                apply_on_error(on_error, metric_name, exc)
-                return QueryResult(0, [])  # swallowed by the hook
-            raise
-        finally:
-            if on_duration is not None or self._metrics.observers:
-                seconds = self._now() - started
-                report_duration(self._metrics, on_duration, metric_name, seconds, failure)
-        self._release(slot)
-        return result
 
     @contextlib.asynccontextmanager
     async def transaction(

@@ -28,7 +28,14 @@ from .errors import (
     TransactionUsageError,
 )
 
-__all__ = ["OnDuration", "OnError", "PostgresConnector", "SessionTools", "apply_on_error"]
+__all__ = [
+    "OnDuration",
+    "OnError",
+    "PostgresConnector",
+    "SessionTools",
+    "apply_on_error",
+    "run_once",
+]
 
 OnError = Callable[[str, Exception], "Exception | None"]
 OnDuration = Callable[[str, float], None]
@@ -64,6 +71,46 @@ def report_duration(
     if on_duration is not None:
         on_duration(metric_name, seconds)
     recorder.operation_finished(seconds, failure)
+
+
+async def run_once(
+    tools: SessionTools,
+    acquire: Callable[[float | None, str], Awaitable[tuple[Slot, Deadline]]],
+    release: Callable[[Slot, BaseException | None], None],
+    sql: str,
+    params: Any,
+    *,
+    timeout: float | None,
+    metric_name: str,
+    on_error: OnError | None,
+    on_duration: OnDuration | None,
+    callproc: bool,
+) -> QueryResult:
+    """One statement on a connection of its own, with the hooks of a connector but without
+    holding one: ``PoolManager.execute()``'s fast path. A failure to get a connection
+    reaches ``on_error`` as ``postgres_connector``."""
+    try:
+        slot, deadline = await acquire(timeout, metric_name)
+    except PoolError as exc:
+        apply_on_error(on_error, "postgres_connector", exc)
+        return QueryResult(0, [])  # swallowed by the hook
+    clock = tools.clock
+    started = clock()
+    failure: BaseException | None = None
+    try:
+        result = await tools.runner.run(slot, sql, params, deadline, callproc=callproc)
+    except BaseException as exc:
+        failure = exc
+        release(slot, exc)
+        if isinstance(exc, (psycopg2.Error, PoolError)):
+            apply_on_error(on_error, metric_name, exc)
+            return QueryResult(0, [])  # swallowed by the hook
+        raise
+    finally:
+        if on_duration is not None or tools.recorder.observers:
+            report_duration(tools.recorder, on_duration, metric_name, clock() - started, failure)
+    release(slot, None)
+    return result
 
 
 @dataclass(frozen=True)

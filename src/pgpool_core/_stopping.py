@@ -1,11 +1,19 @@
-"""stop()'s deadline: when the shutdown stops waiting for work in flight."""
+"""stop()'s waiting: its deadline, and the shutdown sequence that waits for, interrupts
+and cuts work in flight."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["StopDeadline"]
+from ._bag import Slot
+from ._statements import Stopped, interrupt
+
+__all__ = ["Shutdown", "StopDeadline"]
+
+LOGGER = logging.getLogger("pgpool")
 
 
 class StopDeadline:
@@ -47,3 +55,70 @@ class StopDeadline:
 def _set(future: asyncio.Future[str], value: str) -> None:
     if not future.done():
         future.set_result(value)
+
+
+class Shutdown:
+    """The waiting part of ``stop()``: let work in flight finish until the deadline (a later
+    stop() may bring it forward), then interrupt it (statements are cancelled on the
+    server by their callers), then cut the connections that still hang; cancel the pool's
+    tasks by kind. ``busy`` is the pool's set of checked-out slots, read as it changes."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        at: float,
+        *,
+        busy: set[Slot],
+        cancel_bound: float,
+        pool_name: Callable[[], str],
+    ) -> None:
+        self.deadline = StopDeadline(clock, at)
+        self._clock = clock
+        self._busy = busy
+        self._cancel_bound = cancel_bound
+        self._pool_name = pool_name
+
+    async def run(
+        self,
+        connects: set[asyncio.Task[Any]],
+        returns: set[asyncio.Task[Any]],
+        maintenance: asyncio.Task[None] | None,
+    ) -> None:
+        # Nothing new is opened; in-flight work returns its connections, closed now.
+        stopped = [*connects, *([maintenance] if maintenance else [])]
+        for task in stopped:
+            task.cancel()
+        await self.deadline.wait(self._in_use)
+        if self._busy:
+            LOGGER.warning(
+                "pool %s: %d connection(s) still in use at stop; cancelling",
+                self._pool_name(),
+                len(self._busy),
+            )
+            _abort_in_flight(self._busy)
+            # The callers' own paths now cancel their statements server-side; give them
+            # the cancel bound, then cut whatever still hangs (a lost cancel).
+            self.deadline = StopDeadline(self._clock, self._clock() + self._cancel_bound)
+            await self.deadline.wait(self._in_use)
+            for slot in list(self._busy):
+                slot.conn.close()
+        for task in returns:
+            task.cancel()  # restores stuck behind a lost cancel: their connections close
+        tasks = [t for t in (*stopped, *returns) if not t.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=self._cancel_bound)
+
+    def _in_use(self) -> bool:
+        return bool(self._busy)
+
+
+def _abort_in_flight(busy: set[Slot]) -> None:
+    """At the stop deadline: fail every statement still awaited (its caller then releases
+    the connection, which cancels the statement on the server) and close connections held
+    idle by callers (they find them closed)."""
+    for slot in list(busy):
+        if interrupt(slot, Stopped()):  # a COMMIT runs on until its own bound
+            continue
+        if not slot.conn.is_busy():
+            slot.conn.close()
+        # else: already being restored in an owned task
