@@ -28,6 +28,7 @@ import aiopg
 import psycopg2
 import psycopg2.extensions
 
+from ._config import PoolSettings
 from ._redact import first_line, is_srv, passwords_in, scrub, validate_url
 from ._result import QueryResult
 from ._srv import SrvResolver, srv_query_name, srv_to_url
@@ -283,6 +284,21 @@ class AiopgConnector:
         #: The URL of the latest connect (after callables and SRV), for naming and redaction.
         self.last_url: str | None = url if isinstance(url, str) else None
         self._secrets: set[str] = set()
+
+    @classmethod
+    def for_settings(
+        cls, url: UrlSource, settings: PoolSettings, password: UrlSource | None = None
+    ) -> AiopgConnector:
+        """The connector a pool with ``settings`` uses (``url`` may be a callable)."""
+        return cls(
+            url,
+            password=password,
+            enable_hstore=settings.enable_hstore,
+            enable_json=settings.enable_json,
+            enable_uuid=settings.enable_uuid,
+            application_name=settings.application_name,
+            statement_timeout=settings.query_timeout,
+        )
 
     def redact(self, text: str) -> str:
         """``text`` without any password this connector has used (as written, or as

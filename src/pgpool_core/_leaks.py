@@ -12,7 +12,7 @@ from typing import Any
 
 from ._timers import DeadlineTimer
 
-__all__ = ["LeakDetector", "NoLeakDetector"]
+__all__ = ["LeakDetector", "NoLeakDetector", "leak_detector"]
 
 LOGGER = logging.getLogger("pgpool")
 
@@ -68,6 +68,18 @@ class LeakDetector(NoLeakDetector):
             self._threshold,
             holder,
         )
+
+
+def leak_detector(
+    threshold: float,
+    clock: Callable[[], float],
+    pool_name: Callable[[], str],
+    on_leak: Callable[[], None],
+) -> NoLeakDetector:
+    """A detector for ``threshold`` seconds (on the running loop), the no-op one for 0."""
+    if threshold <= 0:
+        return NoLeakDetector()
+    return LeakDetector(asyncio.get_running_loop(), clock, threshold, pool_name, on_leak)
 
 
 def _call_site() -> str:

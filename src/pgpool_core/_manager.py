@@ -28,7 +28,7 @@ import psycopg2.extensions
 from ._bag import Bag, Slot
 from ._config import PoolSettings
 from ._connector import AiopgConnector, Connector, TxStatus, UrlSource
-from ._leaks import LeakDetector, NoLeakDetector
+from ._leaks import NoLeakDetector, leak_detector
 from ._metrics import Health, PoolObserver, PoolStatus, Recorder
 from ._redact import describe_error, passwords_in, pool_name
 from ._result import QueryResult
@@ -47,7 +47,7 @@ from ._statements import (
     check_timeout,
 )
 from ._stopping import Shutdown
-from ._timers import DeadlineTimer
+from ._waiting import WaitQueue
 from .errors import (
     ConfigurationError,
     PoolClosedError,
@@ -55,7 +55,6 @@ from .errors import (
     PoolUnavailableError,
     QueryTimeoutError,
     SettingsError,
-    TooManyRequestsError,
 )
 
 __all__ = [
@@ -125,7 +124,6 @@ class PoolManager:
         # Injected clock for tests; asyncio's own loop.time() is time.monotonic().
         self._now: Callable[[], float] = clock or time.monotonic
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wait_deadlines: DeadlineTimer | None = None
         self._sleep = sleep or asyncio.sleep
         # max_lifetime is jittered down by up to 5% so connections opened together do not
         # all expire together.
@@ -194,19 +192,20 @@ class PoolManager:
         if not self.settings.url and self._connector is None and self._url_source is None:
             raise SettingsError("url: no PostgreSQL URL configured (postgres_url / POSTGRES_URL)")
         if self._connector is None:
-            s = self.settings
-            self._connector = AiopgConnector(
-                self._url_source or s.url,
-                password=self._password,
-                enable_hstore=s.enable_hstore,
-                enable_json=s.enable_json,
-                enable_uuid=s.enable_uuid,
-                application_name=s.application_name,
-                statement_timeout=s.query_timeout,
-            )
+            url = self._url_source or self.settings.url
+            self._connector = AiopgConnector.for_settings(url, self.settings, self._password)
         self._state = transition(self._state, PoolState.OPEN)
         self._loop = asyncio.get_running_loop()
-        self._wait_deadlines = DeadlineTimer(self._loop, self._now, self._expire_waiter)
+        self._waiting = WaitQueue(
+            self._bag,
+            self._metrics,
+            clock=self._now,
+            max_waiting=self.settings.max_waiting,
+            pool_name=lambda: self.name,
+            unreachable=self._unreachable,
+            on_queued=self._meet_demand,
+            release=self._release,
+        )
         self._tools = SessionTools.build(
             self.settings,
             clock=self._now,
@@ -219,14 +218,9 @@ class PoolManager:
             pool_name=lambda: self.name,
         )
         self._runner, self._committer = self._tools.runner, self._tools.committer
-        if self.settings.leak_detection_threshold > 0:
-            self._leaks = LeakDetector(
-                self._loop,
-                self._now,
-                self.settings.leak_detection_threshold,
-                lambda: self.name,
-                self._count_leak,
-            )
+        self._leaks = leak_detector(
+            self.settings.leak_detection_threshold, self._now, lambda: self.name, self._count_leak
+        )
         if not wait:
             # With wait, wait_ready's request starts the first connects itself, so their
             # failure is its failure (see _connect_failed).
@@ -312,9 +306,8 @@ class PoolManager:
         assert self._stopping is not None
         await self._stopping.run(self._connects, self._returns, self._maintenance)
         self._leaks.close()
-        for timers in (self._wait_deadlines, self._runner.timers):
-            if timers is not None:
-                timers.close()
+        for timers in (self._waiting.timer, self._runner.timers):
+            timers.close()
         self._state = transition(self._state, PoolState.CLOSED)
 
     async def __aenter__(self) -> PoolManager:
@@ -475,6 +468,12 @@ class PoolManager:
             self._counters.connections_lost += 1
         self._discard(slot, bad=False)
 
+    def _unreachable(self) -> str | None:
+        """While reconnecting, the last connect error (what a request that gives up hears)."""
+        if self._state is not PoolState.RECONNECTING:
+            return None
+        return self._health.last_error or "no connection yet"
+
     def _lost(self, error: BaseException) -> None:
         """A connection died under a statement: not healthy until the next success."""
         self._health.failed(self._describe(error))
@@ -533,36 +532,7 @@ class PoolManager:
             if await self._validate(slot, wait_until):
                 return slot
             now = self._now()
-        max_waiting = self.settings.max_waiting
-        if max_waiting and len(self._bag.waiters) >= max_waiting:
-            counters.requests_errors += 1
-            raise TooManyRequestsError(
-                f"pool {self.name}: {len(self._bag.waiters)} requests already waiting "
-                f"(max_waiting={max_waiting})"
-            )
-        assert self._loop is not None
-        assert self._wait_deadlines is not None
-        waiter: asyncio.Future[Slot] = self._loop.create_future()
-        self._bag.add_waiter(waiter)
-        counters.requests_queued += 1
-        self._meet_demand()
-        # The deadline timer fails an expired waiter and takes it off the queue; hand-offs
-        # pop waiters themselves, so the queue is never searched on the hot path.
-        timers = self._wait_deadlines
-        timers.add(waiter, wait_until, wait)
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            # The hand-off may have happened just before the cancellation landed.
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._release(waiter.result())
-            else:
-                self._bag.remove_waiter(waiter)
-            raise
-        finally:
-            timers.discard(waiter)
-            self._bag.forget_waiter(waiter)
-            counters.requests_wait_ms += int((self._now() - now) * 1000)
+        return await self._waiting.wait(wait_until, wait)
 
     async def _validate(self, slot: Slot, wait_until: float) -> bool:
         """A bounded ``SELECT 1`` on a checked-out slot; a dead one is dropped and counted.
@@ -586,30 +556,6 @@ class PoolManager:
             self._release(slot)
             raise
         return True
-
-    def _expire_waiter(self, waiter: asyncio.Future[Slot], wait: float) -> None:
-        if waiter.done():
-            return
-        self._bag.remove_waiter(waiter)
-        if self._state is PoolState.RECONNECTING:
-            # Not a busy pool: the database is unreachable (e.g. connects hang).
-            self._counters.requests_errors += 1
-            waiter.set_exception(
-                PoolUnavailableError(
-                    f"cannot connect to {self.name} within {wait:.3f} s: "
-                    f"{self._health.last_error or 'no connection yet'}"
-                )
-            )
-            return
-        self._metrics.acquire_timed_out()
-        waiter.set_exception(
-            PoolTimeoutError(
-                f"pool {self.name}: no connection free within {wait:.3f} s "
-                f"(size={self._bag.size}, in use={self._in_use},"
-                f" waiting={len(self._bag.waiters) + 1}, "
-                f"max={self.settings.max_size})"
-            )
-        )
 
     def _release(self, slot: Slot, *, bad: bool = False) -> None:
         """Return a connection. Never awaits: a connection that still runs a statement, or
