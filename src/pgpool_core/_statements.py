@@ -24,6 +24,7 @@ from .errors import (
     PoolClosedError,
     PoolError,
     QueryParameterError,
+    QueryResultError,
     QueryTimeoutError,
     SettingsError,
 )
@@ -205,7 +206,7 @@ class StatementRunner:
             timers.discard(slot)
             slot.running = None
         self._on_success()
-        return conn.result()
+        return _result(slot)
 
     async def _confirm_cancel(
         self, slot: Slot, stopped: Exception, deadline: Deadline
@@ -230,7 +231,7 @@ class StatementRunner:
             # The release waits for a cancel request still in flight before any reuse.
             LOGGER.debug("statement completed before its cancel arrived")
             self._on_success()
-            return slot.conn.result()
+            return _result(slot)
         if isinstance(error, psycopg2.extensions.QueryCanceledError):
             raise _interrupted(stopped, deadline, "; it was cancelled on the server") from None
         if slot.conn.closed:
@@ -241,6 +242,17 @@ class StatementRunner:
                 " the statement may or may not have completed",
             ) from error
         raise error
+
+
+def _result(slot: Slot) -> QueryResult:
+    """The completed statement's rows; a conversion failure says the statement ran."""
+    try:
+        return slot.conn.result()
+    except Exception as exc:
+        raise QueryResultError(
+            f"the statement completed on the server (outside a transaction: committed), but"
+            f" its result could not be read: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 class Stopped(Exception):

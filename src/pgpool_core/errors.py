@@ -14,6 +14,7 @@ __all__ = [
     "PoolTimeoutError",
     "PoolUnavailableError",
     "QueryParameterError",
+    "QueryResultError",
     "QueryTimeoutError",
     "SettingsError",
     "TooManyRequestsError",
@@ -124,6 +125,15 @@ class TooManyRequestsError(ConnectionException):
 class QueryParameterError(PoolError, ValueError):
     """The parameters could not be bound to the statement (wrong count, missing key, a NUL
     character, an unadaptable value); nothing was sent. ``__cause__`` is the driver's error."""
+
+
+class QueryResultError(PoolError, ValueError):
+    """The statement completed on the server (outside a transaction: it is committed), but
+    its result could not be turned into Python values (e.g. a date past year 9999);
+    ``__cause__`` is the conversion error.
+
+    .. versionadded:: 0.2
+    """
 
 
 class SettingsError(PoolError, ValueError):

@@ -24,6 +24,7 @@ from pgpool_core import (
     PoolManager,
     PoolState,
     QueryParameterError,
+    QueryResultError,
     QueryTimeoutError,
     SettingsError,
     TransactionRolledBackError,
@@ -462,3 +463,17 @@ async def test_statement_timeout_caught_in_the_block_never_commits(
         await catch_the_timeout()
     await _clean(postgres_server, db)
     assert _tokens(postgres_server, db) == {"taken"}
+
+
+async def test_unreadable_result_says_the_statement_ran(
+    pool: PoolManager, url: str, postgres_server: PostgresServer
+) -> None:
+    """A result psycopg2 cannot convert (a date past year 9999) used to raise a bare
+    ValueError after the INSERT had committed: now QueryResultError says it ran, and the
+    row is indeed there; the pool stays healthy."""
+    db = database_of(url)
+    with pytest.raises(QueryResultError, match="completed on the server") as caught:
+        await pool.execute("INSERT INTO truth VALUES ('y10k') RETURNING '10000-01-01'::date AS d")
+    assert isinstance(caught.value.__cause__, ValueError)
+    assert "y10k" in _tokens(postgres_server, db)
+    assert (await pool.execute("SELECT 1 AS ok")).row == {"ok": 1}

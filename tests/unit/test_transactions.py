@@ -20,6 +20,7 @@ from pgpool_core import (
     PoolManager,
     PostgresConnector,
     QueryParameterError,
+    QueryResultError,
     QueryTimeoutError,
     SettingsError,
     TransactionRolledBackError,
@@ -531,3 +532,22 @@ async def test_bad_timeouts_are_settings_errors_everywhere(
             await connector.execute("SELECT 1", timeout=bad)  # type: ignore[arg-type]
     assert _sent(fake) == []
     assert (await pool.execute("SELECT 1")).row == {"?column?": 1}
+
+
+async def test_unreadable_result_is_a_query_result_error(
+    pool: PoolManager, fake: FakeConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conversion failure after the statement completed is not passed off as a driver
+    error: QueryResultError says the statement ran; the connection is reused."""
+    await pool.execute("SELECT 1")
+    conn = _conn(fake)
+
+    def unreadable() -> object:
+        raise ValueError("year 10000 is out of range")
+
+    monkeypatch.setattr(conn, "result", unreadable)
+    with pytest.raises(QueryResultError, match="completed on the server"):
+        await pool.execute("INSERT INTO t VALUES (1) RETURNING d")
+    monkeypatch.undo()
+    assert (await pool.execute("SELECT 1")).row == {"?column?": 1}
+    assert len(fake.connections) == 1
