@@ -214,9 +214,11 @@ class StatementRunner:
         """After an autocommit statement ran out of time (or the pool stopped): cancel it
         on the server and report how it really ended, bounded by cancel_timeout."""
         outcome, slot.outcome = slot.outcome, None
-        over, slot.cancel_in_flight = (
+        over, in_flight = (
             (False, None) if outcome is None else await self._canceller.cancel(slot.conn, outcome)
         )
+        if over:  # the connection may serve again, once a cancel still on its way has landed
+            slot.cancel_in_flight = in_flight
         if not over or outcome is None:
             slot.conn.close()
             raise _interrupted(
