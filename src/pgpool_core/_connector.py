@@ -34,7 +34,14 @@ from ._result import QueryResult
 from ._srv import SrvResolver, srv_query_name, srv_to_url
 from .errors import ConfigurationError, SettingsError
 
-__all__ = ["AiopgConnector", "Connector", "DriverConnection", "TxStatus", "UrlSource"]
+__all__ = [
+    "AiopgConnector",
+    "Connector",
+    "DriverConnection",
+    "KeptFuture",
+    "TxStatus",
+    "UrlSource",
+]
 
 
 class TxStatus(enum.IntEnum):
@@ -57,12 +64,15 @@ class DriverConnection(Protocol):
     def handle(self) -> Any:
         """The object handed out by ``PoolManager.connection()`` (an aiopg connection)."""
 
-    def send(self, sql: str, params: Any, *, callproc: bool = False) -> asyncio.Future[None]:
+    def send(
+        self, sql: str, params: Any, *, callproc: bool = False, keep: bool = False
+    ) -> asyncio.Future[None]:
         """Send one statement; the future completes (or fails) when its result is in.
 
         The pool may cancel the future or fail it itself (deadline); that only stops the
-        waiting, never the statement: :meth:`is_busy` tells whether it still runs.
-        Raises at once for errors found before sending (bad parameters).
+        waiting, never the statement: :meth:`is_busy` tells whether it still runs. With
+        ``keep`` the future is a :class:`KeptFuture` (for COMMIT): it refuses cancel(), so
+        its outcome is never lost. Raises at once for errors found before sending.
         """
 
     def is_busy(self) -> bool:
@@ -94,6 +104,16 @@ class DriverConnection(Protocol):
 
     def close(self) -> None:
         """Close at once (no round trip)."""
+
+
+class KeptFuture(asyncio.Future[None]):
+    """A statement's future that refuses ``cancel()``. A task awaiting it that gets
+    cancelled is woken, with ``CancelledError``, only once the statement has answered, and
+    the answer stays readable: the pool's wait for a COMMIT survives a cancelled caller
+    without an extra hop through the event loop."""
+
+    def cancel(self, msg: Any = None) -> bool:
+        return False
 
 
 class Connector(Protocol):
@@ -129,7 +149,9 @@ class AiopgConnection:
             self._conn._waiter = None
         return self._conn
 
-    def send(self, sql: str, params: Any, *, callproc: bool = False) -> asyncio.Future[None]:
+    def send(
+        self, sql: str, params: Any, *, callproc: bool = False, keep: bool = False
+    ) -> asyncio.Future[None]:
         conn = self._conn
         # The future we return is aiopg's waiter itself: its reader callback (_ready)
         # resolves whatever future sits in conn._waiter. A waiter the pool already gave
@@ -137,7 +159,9 @@ class AiopgConnection:
         stale = conn._waiter
         if stale is not None and not stale.done():
             raise RuntimeError("a statement is already running on this connection")
-        waiter: asyncio.Future[None] = conn._loop.create_future()
+        waiter: asyncio.Future[None] = (
+            KeptFuture(loop=conn._loop) if keep else conn._loop.create_future()
+        )
         conn._waiter = waiter
         try:
             if callproc:

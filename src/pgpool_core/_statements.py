@@ -272,9 +272,15 @@ def interrupt(slot: Slot, reason: Exception) -> bool:
     running = slot.running
     if running is None or running.done():
         return False
-    if not slot.committing:
-        slot.outcome = slot.conn.wait_until_idle()
-        slot.outcome.add_done_callback(consume)
+    if slot.committing:
+        # A COMMIT's future is the driver's own and keeps its answer: at its bound the
+        # connection is cut (the answer becomes an error, reported as unknown); stop()
+        # leaves it to that bound or to its own.
+        if isinstance(reason, _Expired):
+            slot.conn.close()
+        return True
+    slot.outcome = slot.conn.wait_until_idle()
+    slot.outcome.add_done_callback(consume)
     running.set_exception(reason)
     return True
 

@@ -1,17 +1,15 @@
 """What a transaction's end reports, so that it is what the server did.
 
-:class:`Committer` ends transactions; it is built from pieces that know nothing of the
-pool: :func:`refuse_commit` decides, without I/O, when COMMIT must not be sent and what to
-raise instead; :func:`await_answer` waits for a sent COMMIT's answer through cancellations
-(a COMMIT is never abandoned half way); :func:`resolve_xid` asks the server, on another
-connection, whether a transaction whose COMMIT answer was lost committed (``txid_status``).
+:class:`Committer` ends transactions: it sends COMMIT only when :func:`refuse_commit` (a
+decision without I/O) allows it, waits for the answer through deadlines and cancellations
+(a COMMIT is never abandoned half way), and reports what the server said; when that answer
+is lost, :func:`resolve_xid` asks the server on another connection (``txid_status``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,7 +18,7 @@ from ._bag import Slot
 from ._classify import sqlstate
 from ._connector import DriverConnection, TxStatus
 from ._returns import consume
-from ._statements import Deadline, StatementRunner, Stopped
+from ._statements import Deadline, StatementRunner
 from .errors import CommitUnknownError, QueryTimeoutError, TransactionRolledBackError
 
 __all__ = [
@@ -28,7 +26,6 @@ __all__ = [
     "Committer",
     "Refusal",
     "XidMark",
-    "await_answer",
     "refuse_commit",
     "resolve_xid",
 ]
@@ -144,27 +141,6 @@ def _rolled_back(reason: str, failure: BaseException | None) -> TransactionRolle
     return error
 
 
-async def await_answer(
-    answer: asyncio.Future[Any], until: float, clock: Callable[[], float]
-) -> asyncio.CancelledError | None:
-    """Wait for a sent COMMIT's ``answer`` until ``until``, whatever happens to the caller.
-
-    A cancellation of the waiting task does not stop the wait: the COMMIT's outcome is
-    decided by the server, not by the caller giving up. The cancellation is returned for the
-    caller to re-raise once the outcome is known; ``answer`` is left as it is (done or not).
-    """
-    cancelled: asyncio.CancelledError | None = None
-    while not answer.done():
-        remaining = until - clock()
-        if remaining <= 0:
-            break
-        try:
-            await asyncio.wait((answer,), timeout=remaining)
-        except asyncio.CancelledError as exc:
-            cancelled = cancelled or exc
-    return cancelled
-
-
 async def resolve_xid(
     connect: Callable[[float], Awaitable[DriverConnection]],
     mark: XidMark,
@@ -271,7 +247,7 @@ class Committer:
         if status is TxStatus.IDLE:
             return  # the block committed it itself
         try:
-            answer = conn.send("COMMIT", None)
+            answer = conn.send("COMMIT", None, keep=True)
         except Exception as exc:  # never sent: without COMMIT nothing commits
             raise TransactionRolledBackError(
                 f"transaction rolled back, nothing of it was committed: COMMIT could not be"
@@ -279,9 +255,10 @@ class Committer:
                 exc,
             ) from exc
         answer.add_done_callback(consume)
-        cancelled = await self._await_commit(slot, answer, deadline.at + self._cancel_timeout)
+        until = deadline.at + self._cancel_timeout
+        cancelled = await self._await_commit(slot, answer, until)
         try:
-            self._answered(conn, answer, failure)
+            self._answered(conn, answer, failure, until)
         except CommitUnknownError as unknown:
             unknown.xid = None if xid is None else xid.xid
             if xid is None or cancelled is not None:
@@ -299,35 +276,33 @@ class Committer:
     async def _await_commit(
         self, slot: Slot, answer: asyncio.Future[None], until: float
     ) -> asyncio.CancelledError | None:
-        """Wait for COMMIT's ``answer`` until ``until`` (the runner's deadline timer bounds
-        it); neither the caller's cancellation nor stop() cuts the wait. Returns the
-        caller's cancellation, to be re-raised once the outcome is known."""
-        # The caller awaits a guard, never the answer itself: cancelling the caller cancels
-        # the guard, and the answer still arrives.
-        guard: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        answer.add_done_callback(functools.partial(_settle_guard, guard))
-        slot.running, slot.committing = guard, True
+        """Wait for COMMIT's ``answer`` (a :class:`~pgpool_core._connector.KeptFuture`) until
+        ``until``, where the runner's deadline timer cuts the connection. A cancelled caller
+        is woken only once the answer is in; its cancellation is returned, to be re-raised
+        once the outcome is known."""
+        slot.running, slot.committing = answer, True
         timers = self._runner.timers
         timers.add(slot, until)
         try:
-            await guard
+            await answer
         except asyncio.CancelledError as cancelled:
-            await await_answer(answer, until, self._clock)  # the slow path: keeps waiting
             return cancelled
-        except Stopped:
-            await await_answer(answer, until, self._clock)
         except Exception:
-            pass  # expired: no answer by the bound, the caller reports it unknown
+            pass  # the answer's own error, read by _answered
         finally:
             timers.discard(slot)
             slot.running, slot.committing = None, False
         return None
 
     def _answered(
-        self, conn: DriverConnection, answer: asyncio.Future[None], failure: BaseException | None
+        self,
+        conn: DriverConnection,
+        answer: asyncio.Future[None],
+        failure: BaseException | None,
+        until: float,
     ) -> None:
         """Raise unless the server's answer to COMMIT says it committed."""
-        if not answer.done():
+        if not answer.done() or (conn.closed and self._clock() >= until):
             conn.close()
             raise CommitUnknownError(
                 f"COMMIT was sent but no answer came within {self._cancel_timeout:.3f} s"
@@ -380,8 +355,3 @@ class Committer:
             outcome,
         )
         raise cancelled
-
-
-def _settle_guard(guard: asyncio.Future[None], _answer: asyncio.Future[None]) -> None:
-    if not guard.done():
-        guard.set_result(None)

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from pgpool_core._connector import TxStatus
+from pgpool_core._connector import KeptFuture, TxStatus
 from pgpool_core._result import QueryResult
 
 __all__ = ["FakeConnection", "FakeConnector", "Script"]
@@ -112,13 +112,17 @@ class FakeConnection:
     def handle(self) -> FakeConnection:
         return self
 
-    def send(self, sql: str, params: Any, *, callproc: bool = False) -> asyncio.Future[None]:
+    def send(
+        self, sql: str, params: Any, *, callproc: bool = False, keep: bool = False
+    ) -> asyncio.Future[None]:
         if self.closed:
             raise psycopg2.InterfaceError("connection already closed")
         if self._running:
             raise RuntimeError("execute() called while another statement is running")
         self.statements.append(sql)
-        future: asyncio.Future[None] = self.loop.create_future()
+        future: asyncio.Future[None] = (
+            KeptFuture(loop=self.loop) if keep else self.loop.create_future()
+        )
         self._pending = future
         self._waiter = future
         script = self.connector.script_for(sql)
