@@ -115,7 +115,7 @@ class PoolManager:
         elif given:
             settings = dataclasses.replace(settings, **given)
         self.settings = settings
-        self.name = name or _pool_name(settings.url)
+        self.name = name or pool_name(settings.url)
         self._named = name is not None or bool(settings.url)
         self._connector = connector
         self._password = password
@@ -143,7 +143,7 @@ class PoolManager:
         self._last_drain = float("-inf")
         self._leaks: NoLeakDetector = NoLeakDetector()
         self._canceller = Canceller(
-            self.settings.cancel_timeout, self.settings.max_size + 2, self._now, self.name
+            self.settings.cancel_timeout, self.settings.max_size + 2, self.name
         )
         self._metrics = Recorder(self)
         self._counters = self._metrics.counters
@@ -385,7 +385,7 @@ class PoolManager:
         if not self._named:
             last_url = getattr(self._connector, "last_url", None)
             if last_url:
-                self.name, self._named = _pool_name(last_url), True
+                self.name, self._named = pool_name(last_url), True
         recovered = self._state is PoolState.RECONNECTING
         if recovered:
             self._state = transition(self._state, PoolState.OPEN)
@@ -431,8 +431,10 @@ class PoolManager:
         self._meet_demand()
 
     def _describe(self, exc: BaseException) -> str:
-        password = self._password if isinstance(self._password, str) else ""
-        text = _describe(exc, self.settings.url, password)
+        passwords = passwords_in(self.settings.url)
+        if isinstance(self._password, str):
+            passwords.add(self._password)
+        text = describe_error(exc, passwords)
         redact = getattr(self._connector, "redact", None)
         return str(redact(text)) if redact is not None else text
 
@@ -591,7 +593,11 @@ class PoolManager:
                 ended,
                 in_flight,
                 canceller=self._canceller,
-                rollback=None if bad or not self._state.serving else lambda: self._rollback(slot),
+                rollback=(
+                    None
+                    if bad or not self._state.serving
+                    else lambda: self._committer.rollback(slot)
+                ),
             )
         finally:  # also when stop() cancels this task: never leave the slot behind
             self._bag.end_return()
@@ -614,9 +620,6 @@ class PoolManager:
             self._discard(slot, bad=status is not TxStatus.IDLE)
             return
         self._hand_off(slot)
-
-    async def _rollback(self, slot: Slot) -> None:
-        await self._committer.rollback(slot)
 
     # -- running statements -------------------------------------------------------------------
 
@@ -841,15 +844,3 @@ class PoolManager:
         for slot in self._bag.evict(self._now(), self.settings.max_idle):
             self._drop_idle(slot)  # refills up to min_size as it goes
         self._meet_demand()  # also refills min_size after earlier connect failures
-
-
-def _describe(exc: BaseException, url: str, *passwords: str) -> str:
-    """A one-line description of a connect or driver error, without any password of
-    ``url`` (or ``passwords``)."""
-    return describe_error(exc, passwords_in(url) | set(passwords))
-
-
-def _pool_name(url: str) -> str:
-    """``host:port/dbname`` from libpq's reading of a valid URL; never credentials, never
-    raw URL text (``pgpool`` for no URL or an invalid one)."""
-    return pool_name(url)

@@ -25,12 +25,9 @@ class Canceller:
     past that :meth:`cancel` gives up at once and the caller closes the connection.
     """
 
-    def __init__(
-        self, bound: float, max_threads: int, clock: Callable[[], float], name: str
-    ) -> None:
+    def __init__(self, bound: float, max_threads: int, name: str) -> None:
         self.bound = bound
         self._max_threads = max_threads
-        self._clock = clock
         self._name = name
         self._threads = 0
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any
 
 from pgpool_core import PoolManager
@@ -38,7 +37,7 @@ async def test_cancel_still_in_flight_is_reported_and_blocks_reuse() -> None:
     conn: Any = await fake.connect(1.0)
     conn.send("UPDATE t SET x = 1", None)
     sending, release = _slow_cancel(conn)
-    canceller = Canceller(0.1, 4, time.monotonic, "test")
+    canceller = Canceller(0.1, 4, "test")
     verdict = asyncio.create_task(canceller.cancel(conn, conn.wait_until_idle()))
     await asyncio.to_thread(sending.wait, 5)
     gate.set()  # meanwhile the statement completes on its own
@@ -60,7 +59,7 @@ async def test_restore_does_not_trust_a_stale_end() -> None:
     conn.send("SELECT pg_sleep(10)", None)
     stale: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     stale.set_result(None)
-    canceller = Canceller(1.0, 4, time.monotonic, "test")
+    canceller = Canceller(1.0, 4, "test")
     assert await restore(conn, stale, None, canceller=canceller, rollback=None)
     assert conn.cancel_requests == 1
 

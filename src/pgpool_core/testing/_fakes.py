@@ -21,6 +21,9 @@ from pgpool_core._result import QueryResult
 
 __all__ = ["FakeConnection", "FakeConnector", "Script"]
 
+_FIRST_WORD = re.compile(r"\s*(\w+)")
+_ROLLBACK_TO = re.compile(r"\s*ROLLBACK\s+TO\b", re.IGNORECASE)
+
 
 @dataclass
 class Script:
@@ -126,7 +129,7 @@ class FakeConnection:
         self._pending = future
         self._waiter = future
         script = self.connector.script_for(sql)
-        first = re.match(r"\s*(\w+)", sql)
+        first = _FIRST_WORD.match(sql)
         verb = first.group(1).upper() if first else ""
         rows = list(script.rows) if script and script.rows is not None else None
         if rows is not None:
@@ -175,7 +178,7 @@ class FakeConnection:
         self._tag = "ROLLBACK" if verb in ("COMMIT", "END") and failed else verb
         if error is not None:
             self.status = TxStatus.INERROR if in_tx else TxStatus.IDLE
-        elif re.match(r"\s*ROLLBACK\s+TO\b", sql, re.IGNORECASE):
+        elif _ROLLBACK_TO.match(sql):
             self.status = TxStatus.INTRANS  # usable again after ROLLBACK TO SAVEPOINT
         elif verb == "BEGIN":
             self.status = TxStatus.INTRANS
