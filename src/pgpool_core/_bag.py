@@ -20,6 +20,9 @@ __all__ = ["Bag", "Slot"]
 
 W = TypeVar("W", bound=asyncio.Future)  # type: ignore[type-arg]
 
+#: At most one failover drain per this many seconds.
+FAILOVER_DRAIN_INTERVAL = 1.0
+
 
 @dataclass(eq=False)
 class Slot:
@@ -65,6 +68,7 @@ class Bag(Generic[W]):
         #: they will meet is not demand for new connections.
         self.returning = 0
         self.generation = 0
+        self._last_failover = float("-inf")
         self._arrivals = 0
         self._arrived: dict[W, int] = {}
 
@@ -212,6 +216,16 @@ class Bag(Generic[W]):
         self.generation += 1
         idle, self.idle = list(self.idle), collections.deque()
         return idle
+
+    def failover(self, generation: int, now: float) -> list[Slot] | None:
+        """A write hit a read-only server on a connection of ``generation``: retire the
+        generation (as :meth:`retire_generation`), at most once per
+        :data:`FAILOVER_DRAIN_INTERVAL`. None when it is not news: the connection was of
+        an older generation, or a drain just happened."""
+        if generation != self.generation or now - self._last_failover < FAILOVER_DRAIN_INTERVAL:
+            return None
+        self._last_failover = now
+        return self.retire_generation()
 
     def evict(self, now: float, max_idle: float) -> list[Slot]:
         """Maintenance: expired or closed idle connections, and those idle ``max_idle``

@@ -215,6 +215,12 @@ class PoolSettings:
             _validate_url(self.url)
 
     @property
+    def maintenance_interval(self) -> float:
+        """Seconds between maintenance passes: a tenth of the shorter of ``max_lifetime``
+        and ``max_idle``, kept within 0.05 to 30 s."""
+        return min(max(min(self.max_lifetime, self.max_idle) / 10, 0.05), 30.0)
+
+    @property
     def redacted_url(self) -> str:
         """The URL with every password masked, safe for logs and status."""
         return redact_dsn(self.url)

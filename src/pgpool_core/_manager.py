@@ -26,11 +26,13 @@ import psycopg2
 import psycopg2.extensions
 
 from ._bag import Bag, Slot
+from ._checkout import Checkout, WaitQueue
 from ._config import PoolSettings
 from ._connector import AiopgConnector, Connector, TxStatus, UrlSource
 from ._leaks import NoLeakDetector, leak_detector
 from ._metrics import Health, PoolObserver, PoolStatus, Recorder
-from ._redact import describe_error, passwords_in, pool_name
+from ._opening import Opener, reconnect
+from ._redact import pool_name
 from ._result import QueryResult
 from ._retry import RetryPolicy
 from ._returns import Canceller, restore
@@ -47,13 +49,11 @@ from ._statements import (
     check_timeout,
 )
 from ._stopping import Shutdown
-from ._waiting import WaitQueue
 from .errors import (
     ConfigurationError,
     PoolClosedError,
     PoolTimeoutError,
     PoolUnavailableError,
-    QueryTimeoutError,
     SettingsError,
 )
 
@@ -69,11 +69,6 @@ __all__ = [
 LOGGER = logging.getLogger("pgpool")
 
 
-#: At most one failover drain per this many seconds.
-FAILOVER_DRAIN_INTERVAL = 1.0
-
-#: How recent a real success must be for status() to skip its own round trip.
-RECENT_SUCCESS = 1.0
 #: Bound on the round trip status() makes when it has to check.
 STATUS_CHECK_TIMEOUT = 1.0
 
@@ -120,13 +115,10 @@ class PoolManager:
         self._connector = connector
         self._password = password
         self._retry = retry or RetryPolicy()
-        self._rand = random.random
         # Injected clock for tests; asyncio's own loop.time() is time.monotonic().
         self._now: Callable[[], float] = clock or time.monotonic
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._sleep = sleep or asyncio.sleep
-        # max_lifetime is jittered down by up to 5% so connections opened together do not
-        # all expire together.
+        # max_lifetime is jittered down by up to 5% (see Opener).
         self._jitter = jitter or (lambda: random.uniform(0.95, 1.0))
         self._state = PoolState.NEW
         self._bag: Bag[asyncio.Future[Slot]] = Bag(settings.min_size, settings.max_size)
@@ -140,7 +132,6 @@ class PoolManager:
         self._maintenance: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
         self._down_since: float | None = None
-        self._last_drain = float("-inf")
         self._leaks: NoLeakDetector = NoLeakDetector()
         self._canceller = Canceller(
             self.settings.cancel_timeout, self.settings.max_size + 2, self.name
@@ -195,16 +186,16 @@ class PoolManager:
             url = self._url_source or self.settings.url
             self._connector = AiopgConnector.for_settings(url, self.settings, self._password)
         self._state = transition(self._state, PoolState.OPEN)
-        self._loop = asyncio.get_running_loop()
-        self._waiting = WaitQueue(
-            self._bag,
-            self._metrics,
+        self._opener = Opener(
+            self._connector,
+            timeout=self.settings.connect_timeout,
+            max_lifetime=self.settings.max_lifetime,
             clock=self._now,
-            max_waiting=self.settings.max_waiting,
-            pool_name=lambda: self.name,
-            unreachable=self._unreachable,
-            on_queued=self._meet_demand,
-            release=self._release,
+            jitter=self._jitter,
+            recorder=self._metrics,
+            health=self._health,
+            url=self.settings.url,
+            password=self._password,
         )
         self._tools = SessionTools.build(
             self.settings,
@@ -218,6 +209,28 @@ class PoolManager:
             pool_name=lambda: self.name,
         )
         self._runner, self._committer = self._tools.runner, self._tools.committer
+        queue = WaitQueue(
+            self._bag,
+            self._metrics,
+            clock=self._now,
+            max_waiting=self.settings.max_waiting,
+            pool_name=lambda: self.name,
+            unreachable=self._unreachable,
+            on_queued=self._meet_demand,
+            release=self._release,
+        )
+        self._checkout = Checkout(
+            self._bag,
+            queue,
+            self._metrics,
+            clock=self._now,
+            acquire_timeout=self.settings.acquire_timeout,
+            validate_idle_after=self.settings.validate_idle_after,
+            ping_bound=min(self.settings.connect_timeout, self.settings.cancel_timeout),
+            ping=lambda slot, deadline: self._runner.run(slot, "SELECT 1", None, deadline),
+            drop=self._drop,
+            release=self._release,
+        )
         self._leaks = leak_detector(
             self.settings.leak_detection_threshold, self._now, lambda: self.name, self._count_leak
         )
@@ -247,7 +260,7 @@ class PoolManager:
         """
         bound = self.settings.connect_timeout if timeout is None else timeout
         try:
-            async with self._checkout(bound):
+            async with self._holding(bound):
                 pass
         except PoolTimeoutError:
             raise PoolUnavailableError(
@@ -306,7 +319,7 @@ class PoolManager:
         assert self._stopping is not None
         await self._stopping.run(self._connects, self._returns, self._maintenance)
         self._leaks.close()
-        for timers in (self._waiting.timer, self._runner.timers):
+        for timers in (self._checkout.queue.timer, self._runner.timers):
             timers.close()
         self._state = transition(self._state, PoolState.CLOSED)
 
@@ -348,30 +361,21 @@ class PoolManager:
             self._spawn(self._connect_one(self._bag.arrivals), self._connects, "connect")
 
     async def _reconnect(self) -> None:
-        """Single-flight: retry with capped, jittered backoff until a connect succeeds or
-        the pool stops. Never gives up, so the pool never latches down."""
-        attempt = 0
-        while self._is_reconnecting():
-            await self._sleep(self._retry.next_delay(attempt, self._rand))
-            attempt += 1
-            if not self._is_reconnecting():  # recovered by another connect, or stopping
-                return
-            if not self._bag.reserve_connect():
-                continue  # every slot is a live connection: nothing to open
-            if await self._connect_one(self._bag.arrivals):
-                return
-
-    def _is_reconnecting(self) -> bool:
-        return self._state is PoolState.RECONNECTING
+        await reconnect(
+            self._retry,
+            sleep=self._sleep,
+            rand=random.random,
+            down=lambda: self._state is PoolState.RECONNECTING,
+            reserve=self._bag.reserve_connect,
+            attempt=lambda: self._connect_one(self._bag.arrivals),
+        )
 
     async def _connect_one(self, cutoff: int) -> bool:
         """One connect (the bag already counts it as opening); the connection goes to the
         oldest waiter or the idle list. ``cutoff``: arrivals before it."""
-        assert self._connector is not None
-        started = self._now()
         generation = self._bag.generation
         try:
-            conn = await self._connector.connect(self.settings.connect_timeout)
+            slot = await self._opener.open(generation)
         except (Exception, asyncio.CancelledError) as exc:
             self._bag.connect_failed()
             if isinstance(exc, asyncio.CancelledError):
@@ -379,36 +383,29 @@ class PoolManager:
             self._connect_failed(exc, cutoff)
             return False
         fresh = self._bag.connected(generation)
-        now = self._now()
-        self._metrics.connection_created(now - started)
-        self._health.succeeded()
-        if not self._named:
-            last_url = getattr(self._connector, "last_url", None)
-            if last_url:
-                self.name, self._named = pool_name(last_url), True
+        if not self._named and self._opener.last_url:
+            self.name, self._named = pool_name(self._opener.last_url), True
         recovered = self._state is PoolState.RECONNECTING
         if recovered:
             self._state = transition(self._state, PoolState.OPEN)
-            down = now - (self._down_since or now)
-            self._down_since = None
+            down, self._down_since = slot.created - (self._down_since or slot.created), None
             LOGGER.info("pool %s: reconnected after %.3f s", self.name, down)
         if self._state is not PoolState.OPEN or not fresh:
             # Stopping; or a failover drain happened while connecting, and this connection
             # may have found the old primary: open another one instead.
-            conn.close()
+            slot.conn.close()
             if fresh:
                 self._bag.forget()
             self._meet_demand()
             return True
-        expires = now + self.settings.max_lifetime * self._jitter()
-        self._hand_off(Slot(conn, now, expires, now, generation=generation))
+        self._hand_off(slot)
         if recovered:
             self._meet_demand()  # the rest of the demand, in parallel again
         return True
 
     def _connect_failed(self, exc: BaseException, cutoff: int) -> None:
-        self._counters.connections_errors += 1
-        self._health.failed(self._describe(exc))
+        """A connect failed (counted and described by the opener): start reconnecting, and
+        fail the waiters that arrived before it started."""
         error_type = (
             ConfigurationError if isinstance(exc, ConfigurationError) else PoolUnavailableError
         )
@@ -429,18 +426,6 @@ class PoolManager:
             self._counters.requests_errors += 1
             waiter.set_exception(error_type(message))
         self._meet_demand()
-
-    def _describe(self, exc: BaseException) -> str:
-        passwords = passwords_in(self.settings.url)
-        if isinstance(self._password, str):
-            passwords.add(self._password)
-        text = describe_error(exc, passwords)
-        redact = getattr(self._connector, "redact", None)
-        return str(redact(text)) if redact is not None else text
-
-    @property
-    def _in_use(self) -> int:
-        return len(self._bag.busy)
 
     def _check_out_done(self, slot: Slot) -> None:
         self._bag.untake(slot)
@@ -464,8 +449,11 @@ class PoolManager:
             self._counters.returns_bad += 1
         self._meet_demand()
 
-    def _drop_idle(self, slot: Slot) -> None:
-        """Close a connection taken from the idle list; count it lost if it died there."""
+    def _drop(self, slot: Slot) -> None:
+        """Close a connection found dead (idle, or failing its check-out ping) and forget
+        it; count it lost if it died unseen."""
+        if slot in self._bag.busy:
+            self._check_out_done(slot)
         if slot.conn.closed:
             self._counters.connections_lost += 1
         self._discard(slot, bad=False)
@@ -478,7 +466,7 @@ class PoolManager:
 
     def _lost(self, error: BaseException) -> None:
         """A connection died under a statement: not healthy until the next success."""
-        self._health.failed(self._describe(error))
+        self._health.failed(self._opener.describe(error))
 
     @property
     def is_available(self) -> bool:
@@ -488,76 +476,19 @@ class PoolManager:
     def _drain_for_failover(self, slot: Slot) -> None:
         """A write hit a read-only server: retire every connection so the next ones find
         the primary (libpq's ``target_session_attrs`` picks it among the hosts)."""
-        now = self._now()
-        if (
-            slot.generation != self._bag.generation
-            or now - self._last_drain < FAILOVER_DRAIN_INTERVAL
-        ):
+        retired = self._bag.failover(slot.generation, self._now())
+        if retired is None:
             return
-        self._last_drain = now
         self._counters.failovers += 1
         LOGGER.warning(
             "pool %s: write on a read-only server (SQLSTATE 25006); reconnecting %d connection(s)",
             self.name,
             self._bag.open,
         )
-        for old in self._bag.retire_generation():
+        for old in retired:
             self._discard(old, bad=False)
 
     # -- acquire / release ------------------------------------------------------------------
-
-    async def _acquire(self, deadline: float | None) -> Slot:
-        state = self._state
-        if state is not PoolState.OPEN and state is not PoolState.RECONNECTING:
-            raise PoolClosedError(f"pool {self.name} is {state.value}")
-        counters = self._counters
-        counters.requests_num += 1
-        now = self._now()
-        wait = self.settings.acquire_timeout
-        if deadline is not None and deadline - now < wait:
-            wait = max(deadline - now, 0.0)
-        wait_until = now + wait
-        while not self._bag.waiters:
-            slot, dead = self._bag.take_idle(now)
-            for old in dead:
-                self._drop_idle(old)
-            if slot is None:
-                break
-            if (
-                now - slot.last_used < self.settings.validate_idle_after
-                and not slot.conn.has_pending_input()
-            ):
-                return slot
-            # Idle long enough that the server may have dropped it (restart,
-            # pg_terminate_backend, idle timeouts), or the server sent something
-            # while it sat idle: prove it alive before handing it out.
-            if await self._validate(slot, wait_until):
-                return slot
-            now = self._now()
-        return await self._waiting.wait(wait_until, wait)
-
-    async def _validate(self, slot: Slot, wait_until: float) -> bool:
-        """A bounded ``SELECT 1`` on a checked-out slot; a dead one is dropped and counted.
-
-        Bounded by the caller's remaining wait too: a connection that cannot answer in
-        that time is no use to the caller, and is closed rather than trusted.
-        """
-        bound = min(
-            self.settings.connect_timeout,
-            self.settings.cancel_timeout,
-            max(wait_until - self._now(), 0.001),
-        )
-        try:
-            await self._runner.run(slot, "SELECT 1", None, Deadline.after(self._now(), bound))
-        except (psycopg2.Error, QueryTimeoutError):
-            slot.conn.close()  # also ends a statement still running: nothing to settle
-            self._check_out_done(slot)
-            self._drop_idle(slot)
-            return False
-        except BaseException:
-            self._release(slot)
-            raise
-        return True
 
     def _release(self, slot: Slot, *, bad: bool = False) -> None:
         """Return a connection. Never awaits: a connection that still runs a statement, or
@@ -632,13 +563,15 @@ class PoolManager:
         one clock reading; without, waiting is bounded by acquire_timeout and running by
         query_timeout.
         """
+        if not self._state.serving:
+            raise PoolClosedError(f"pool {self.name} is {self._state.value}")
         asked = self._now()
         if timeout is None:
-            slot = await self._acquire(None)
+            slot = await self._checkout.take(None)
             deadline = Deadline.after(self._now(), self.settings.query_timeout)
         else:
             deadline = Deadline.after(asked, timeout)
-            slot = await self._acquire(deadline.at)
+            slot = await self._checkout.take(deadline.at)
         if self._metrics.observers:
             self._metrics.connection_waited(max(slot.acquired_at - asked, 0.0))
         self._leaks.watch(slot, slot.acquired_at, metric_name)
@@ -653,7 +586,7 @@ class PoolManager:
         self._release(slot, bad=isinstance(exc, psycopg2.Error) and slot.conn.closed)
 
     @contextlib.asynccontextmanager
-    async def _checkout(
+    async def _holding(
         self, timeout: float | None, metric_name: str = ""
     ) -> AsyncIterator[tuple[Slot, Deadline]]:
         slot, deadline = await self._acquire_for(timeout, metric_name)
@@ -735,7 +668,7 @@ class PoolManager:
         ``resolve_commit`` overrides the ``resolve_commits`` setting for this transaction.
         """
         timeout = check_timeout(timeout)
-        async with self._checkout(timeout) as (slot, deadline):
+        async with self._holding(timeout) as (slot, deadline):
             connector = PostgresConnector(slot, deadline, self._tools)
             try:
                 async with connector.transaction(resolve_commit=resolve_commit):
@@ -757,7 +690,7 @@ class PoolManager:
         gets each statement's duration.
         """
         timeout = check_timeout(timeout)
-        async with self._checkout(timeout) as (slot, deadline):
+        async with self._holding(timeout) as (slot, deadline):
             connector = PostgresConnector(
                 slot, deadline, self._tools, on_error=on_error, on_duration=on_duration
             )
@@ -770,7 +703,7 @@ class PoolManager:
     async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:
         """The checked-out aiopg connection itself (escape hatch). Returned on exit: rolled
         back if left in a transaction, discarded if left busy or broken."""
-        async with self._checkout(check_timeout(timeout)) as (slot, _deadline):
+        async with self._holding(check_timeout(timeout)) as (slot, _deadline):
             yield slot.conn.handle
 
     # -- status ---------------------------------------------------------------------------------
@@ -779,61 +712,39 @@ class PoolManager:
         """Sizes and counters, one snapshot. Keys follow psycopg_pool's ``get_stats()``
         where it has the same notion; ``pool_size`` counts open connections only (not those
         being opened, which ``status().connecting`` reports)."""
-        data = {
-            "pool_min": self.settings.min_size,
-            "pool_max": self.settings.max_size,
-            "pool_size": self._bag.open,
-            "pool_available": len(self._bag.idle),
-            "requests_waiting": len(self._bag.waiters),
+        bag = self._bag
+        return {
+            "pool_min": bag.min_size,
+            "pool_max": bag.max_size,
+            "pool_size": bag.open,
+            "pool_available": len(bag.idle),
+            "requests_waiting": len(bag.waiters),
+            **self._counters.as_dict(),
         }
-        data.update(self._counters.as_dict())
-        return data
 
     async def status(self) -> PoolStatus:
-        """A :class:`PoolStatus`: :meth:`stats` plus the availability probe. Never raises;
-        before :meth:`start` it reports unavailable."""
-        available = await self._check_available()
-        stats = self.stats()  # one snapshot, read after the probe
-        return PoolStatus(
+        """A :class:`PoolStatus`: :meth:`stats` plus the availability probe (a bounded
+        ``SELECT 1`` unless a real outcome is recent). Never raises; before :meth:`start`,
+        and while reconnecting, it reports unavailable without a probe."""
+        available = self._state is PoolState.OPEN and await self._health.confirm(
+            lambda: self.execute("SELECT 1", timeout=STATUS_CHECK_TIMEOUT),
+            all_busy=not self._bag.idle and bool(self._bag.busy),
+        )
+        return PoolStatus.of(
+            self.stats(),  # one snapshot, read after the probe
             state=self._state.value,
             available=available,
-            pool_size=stats.pop("pool_size"),
-            pool_free=stats.pop("pool_available"),
-            pool_min=stats.pop("pool_min"),
-            pool_max=stats.pop("pool_max"),
-            in_use=self._in_use,
-            waiting=stats.pop("requests_waiting"),
+            in_use=len(self._bag.busy),
             connecting=self._bag.opening,
             name=self.name,
             last_error=self._health.last_error,
-            counters=stats,
         )
-
-    async def _check_available(self) -> bool:
-        if self._state is not PoolState.OPEN:
-            return False  # reconnecting: known down, no probe needed
-        if self._health.succeeded_within(RECENT_SUCCESS):
-            return True
-        if not self._bag.idle and self._in_use:
-            # Busy but serving: do not queue a probe behind real work.
-            return self._health.healthy
-        try:
-            await self.execute("SELECT 1", timeout=STATUS_CHECK_TIMEOUT)
-        except (Exception, asyncio.CancelledError) as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return False
-        return True
 
     # -- maintenance ----------------------------------------------------------------------------
 
-    def _maintenance_interval(self) -> float:
-        s = self.settings
-        return min(max(min(s.max_lifetime, s.max_idle) / 10, 0.05), 30.0)
-
     async def _maintain_forever(self) -> None:
         while self._state is PoolState.OPEN or self._state is PoolState.RECONNECTING:
-            await self._sleep(self._maintenance_interval())
+            await self._sleep(self.settings.maintenance_interval)
             self.run_maintenance()
 
     def run_maintenance(self) -> None:
@@ -842,5 +753,5 @@ class PoolManager:
         if self._state is not PoolState.OPEN and self._state is not PoolState.RECONNECTING:
             return
         for slot in self._bag.evict(self._now(), self.settings.max_idle):
-            self._drop_idle(slot)  # refills up to min_size as it goes
+            self._drop(slot)  # refills up to min_size as it goes
         self._meet_demand()  # also refills min_size after earlier connect failures

@@ -4,7 +4,7 @@ and the one recorder that bumps a counter and notifies observers in the same cal
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from ._manager import PoolManager
 
 __all__ = ["Counters", "Health", "PoolObserver", "PoolStatus", "Recorder"]
+
+#: How recent a real success must be for status() to skip its own round trip.
+RECENT_SUCCESS = 1.0
 
 
 class PoolObserver(Protocol):
@@ -87,6 +90,21 @@ class PoolStatus:
     last_error: str | None
     counters: Mapping[str, int]
 
+    @classmethod
+    def of(cls, stats: dict[str, int], **fields: Any) -> PoolStatus:
+        """A status from a :meth:`PoolManager.stats` snapshot (sizes and counters) and the
+        fields that are not in it."""
+        counters = dict(stats)
+        return cls(
+            pool_size=counters.pop("pool_size"),
+            pool_free=counters.pop("pool_available"),
+            pool_min=counters.pop("pool_min"),
+            pool_max=counters.pop("pool_max"),
+            waiting=counters.pop("requests_waiting"),
+            counters=counters,
+            **fields,
+        )
+
     def as_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["counters"] = dict(self.counters)
@@ -160,3 +178,18 @@ class Health:
 
     def succeeded_within(self, seconds: float) -> bool:
         return self.healthy and self._clock() - self.last_success < seconds
+
+    async def confirm(self, probe: Callable[[], Awaitable[object]], *, all_busy: bool) -> bool:
+        """Whether the pool serves now, from a real outcome: a success within
+        :data:`RECENT_SUCCESS`; else, when every connection is busy, the latest outcome (no
+        probe queued behind real work); else ``probe()`` (a bounded round trip) succeeding.
+        A cancelled caller's cancellation propagates."""
+        if self.succeeded_within(RECENT_SUCCESS):
+            return True
+        if all_busy:
+            return self.healthy
+        try:
+            await probe()
+        except Exception:
+            return False
+        return True

@@ -1,0 +1,199 @@
+"""Checking a connection out: the warmest idle one, proved alive first when it idled
+long; else a place in the queue, with a deadline that fails it with the error that says why
+(a busy pool, or an unreachable database)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import psycopg2
+
+from ._bag import Bag, Slot
+from ._metrics import Recorder
+from ._statements import Deadline
+from ._timers import DeadlineTimer
+from .errors import PoolTimeoutError, PoolUnavailableError, QueryTimeoutError, TooManyRequestsError
+
+__all__ = ["Checkout", "WaitQueue"]
+
+
+class Checkout:
+    """Hands a request a connection: the most recently used idle one, else a place in the
+    :class:`WaitQueue`. An idle connection is handed out as is when it was used within
+    ``validate_idle_after`` and the server sent nothing meanwhile; otherwise it is proved
+    alive by ``ping(slot, deadline)`` (a ``SELECT 1``) first, bounded by ``ping_bound`` and
+    the request's remaining wait. A dead one is closed and given to ``drop`` (checked out
+    or not, the pool forgets it and refills); ``release`` gives back one whose ping was
+    interrupted by the caller's cancellation."""
+
+    __slots__ = (
+        "_acquire_timeout",
+        "_bag",
+        "_clock",
+        "_drop",
+        "_ping",
+        "_ping_bound",
+        "_recorder",
+        "_release",
+        "_validate_after",
+        "queue",
+    )
+
+    def __init__(
+        self,
+        bag: Bag[asyncio.Future[Slot]],
+        queue: WaitQueue,
+        recorder: Recorder,
+        *,
+        clock: Callable[[], float],
+        acquire_timeout: float,
+        validate_idle_after: float,
+        ping_bound: float,
+        ping: Callable[[Slot, Deadline], Awaitable[object]],
+        drop: Callable[[Slot], None],
+        release: Callable[[Slot], None],
+    ) -> None:
+        self._bag = bag
+        self.queue = queue
+        self._recorder = recorder
+        self._clock = clock
+        self._acquire_timeout = acquire_timeout
+        self._validate_after = validate_idle_after
+        self._ping_bound = ping_bound
+        self._ping = ping
+        self._drop = drop
+        self._release = release
+
+    async def take(self, deadline: float | None) -> Slot:
+        """A connection, checked out. Waits up to ``acquire_timeout``, or until
+        ``deadline`` if sooner."""
+        self._recorder.counters.requests_num += 1
+        bag = self._bag
+        now = self._clock()
+        wait = self._acquire_timeout
+        if deadline is not None and deadline - now < wait:
+            wait = max(deadline - now, 0.0)
+        wait_until = now + wait
+        while not bag.waiters:  # else they are first in line
+            slot, dead = bag.take_idle(now)
+            for old in dead:
+                self._drop(old)
+            if slot is None:
+                break
+            if now - slot.last_used < self._validate_after and not slot.conn.has_pending_input():
+                return slot
+            # Idle long enough that the server may have dropped it (restart,
+            # pg_terminate_backend, idle timeouts), or the server sent something while it
+            # sat idle: prove it alive before handing it out.
+            if await self._alive(slot, wait_until):
+                return slot
+            now = self._clock()
+        return await self.queue.wait(wait_until, wait)
+
+    async def _alive(self, slot: Slot, wait_until: float) -> bool:
+        # Bounded by the caller's remaining wait too: a connection that cannot answer in
+        # that time is no use to the caller, and is closed rather than trusted.
+        now = self._clock()
+        bound = min(self._ping_bound, max(wait_until - now, 0.001))
+        try:
+            await self._ping(slot, Deadline.after(now, bound))
+        except (psycopg2.Error, QueryTimeoutError):
+            slot.conn.close()  # also ends a statement still running: nothing to settle
+            self._drop(slot)
+            return False
+        except BaseException:
+            self._release(slot)
+            raise
+        return True
+
+
+class WaitQueue:
+    """Queues requests in the bag (FIFO) with one deadline timer for all of them.
+
+    ``unreachable()`` gives the last connect error while the pool is reconnecting (None
+    otherwise): a waiter expiring then gets :class:`PoolUnavailableError`, not "busy".
+    ``on_queued`` asks for connects; ``release`` gives back a connection handed over just
+    as its waiter was cancelled.
+    """
+
+    def __init__(
+        self,
+        bag: Bag[asyncio.Future[Slot]],
+        recorder: Recorder,
+        *,
+        clock: Callable[[], float],
+        max_waiting: int,
+        pool_name: Callable[[], str],
+        unreachable: Callable[[], str | None],
+        on_queued: Callable[[], None],
+        release: Callable[[Slot], None],
+    ) -> None:
+        self._bag = bag
+        self._recorder = recorder
+        self._clock = clock
+        self._max_waiting = max_waiting
+        self._pool_name = pool_name
+        self._unreachable = unreachable
+        self._on_queued = on_queued
+        self._release = release
+        self.timer = DeadlineTimer(asyncio.get_running_loop(), clock, self._expire)
+
+    async def wait(self, until: float, wait: float) -> Slot:
+        """Queue until a connection is handed over, or ``until`` (``wait`` seconds, quoted
+        in the error) passes.
+
+        :raises TooManyRequestsError: ``max_waiting`` requests already wait.
+        """
+        bag, counters = self._bag, self._recorder.counters
+        if self._max_waiting and len(bag.waiters) >= self._max_waiting:
+            counters.requests_errors += 1
+            raise TooManyRequestsError(
+                f"pool {self._pool_name()}: {len(bag.waiters)} requests already waiting "
+                f"(max_waiting={self._max_waiting})"
+            )
+        started = self._clock()
+        waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        bag.add_waiter(waiter)
+        counters.requests_queued += 1
+        self._on_queued()
+        # The timer fails an expired waiter and takes it off the queue; hand-offs pop
+        # waiters themselves, so the queue is never searched on the hot path.
+        self.timer.add(waiter, until, wait)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            # The hand-off may have happened just before the cancellation landed.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release(waiter.result())
+            else:
+                bag.remove_waiter(waiter)
+            raise
+        finally:
+            self.timer.discard(waiter)
+            bag.forget_waiter(waiter)
+            counters.requests_wait_ms += int((self._clock() - started) * 1000)
+
+    def _expire(self, waiter: asyncio.Future[Slot], wait: float) -> None:
+        if waiter.done():
+            return
+        bag = self._bag
+        bag.remove_waiter(waiter)
+        last_error = self._unreachable()
+        if last_error is not None:
+            # Not a busy pool: the database is unreachable (e.g. connects hang).
+            self._recorder.counters.requests_errors += 1
+            waiter.set_exception(
+                PoolUnavailableError(
+                    f"cannot connect to {self._pool_name()} within {wait:.3f} s: {last_error}"
+                )
+            )
+            return
+        self._recorder.acquire_timed_out()
+        waiter.set_exception(
+            PoolTimeoutError(
+                f"pool {self._pool_name()}: no connection free within {wait:.3f} s"
+                f" (size={bag.size}, in use={len(bag.busy)}, waiting={len(bag.waiters) + 1},"
+                f" max={bag.max_size})"
+            )
+        )
