@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import psycopg2
 
 from ._bag import Bag, Slot
+from ._config import PoolSettings
 from ._metrics import Recorder
 from ._statements import Deadline
 from ._timers import DeadlineTimer
@@ -22,10 +23,10 @@ class Checkout:
     """Hands a request a connection: the most recently used idle one, else a place in the
     :class:`WaitQueue`. An idle connection is handed out as is when it was used within
     ``validate_idle_after`` and the server sent nothing meanwhile; otherwise it is proved
-    alive by ``ping(slot, deadline)`` (a ``SELECT 1``) first, bounded by ``ping_bound`` and
-    the request's remaining wait. A dead one is closed and given to ``drop`` (checked out
-    or not, the pool forgets it and refills); ``release`` gives back one whose ping was
-    interrupted by the caller's cancellation."""
+    alive by ``ping(slot, deadline)`` (a ``SELECT 1``) first, bounded by
+    ``connect_timeout``, ``cancel_timeout`` and the request's remaining wait. A dead one is
+    closed and given to ``drop`` (checked out or not, the pool forgets it and refills);
+    ``release`` gives back one whose ping was interrupted by the caller's cancellation."""
 
     __slots__ = (
         "_acquire_timeout",
@@ -45,11 +46,9 @@ class Checkout:
         bag: Bag[asyncio.Future[Slot]],
         queue: WaitQueue,
         recorder: Recorder,
+        settings: PoolSettings,
         *,
         clock: Callable[[], float],
-        acquire_timeout: float,
-        validate_idle_after: float,
-        ping_bound: float,
         ping: Callable[[Slot, Deadline], Awaitable[object]],
         drop: Callable[[Slot], None],
         release: Callable[[Slot], None],
@@ -58,9 +57,9 @@ class Checkout:
         self.queue = queue
         self._recorder = recorder
         self._clock = clock
-        self._acquire_timeout = acquire_timeout
-        self._validate_after = validate_idle_after
-        self._ping_bound = ping_bound
+        self._acquire_timeout = settings.acquire_timeout
+        self._validate_after = settings.validate_idle_after
+        self._ping_bound = min(settings.connect_timeout, settings.cancel_timeout)
         self._ping = ping
         self._drop = drop
         self._release = release

@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import itertools
+import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import psycopg2
@@ -35,7 +35,7 @@ from ._opening import Opener, reconnect
 from ._redact import pool_name
 from ._result import QueryResult
 from ._retry import RetryPolicy
-from ._returns import Canceller, restore
+from ._returns import Canceller, needs_restore, restore_slot
 from ._session import (
     OnDuration,
     OnError,
@@ -48,7 +48,7 @@ from ._statements import (
     Deadline,
     check_timeout,
 )
-from ._stopping import Shutdown
+from ._stopping import OwnedTasks, Shutdown
 from .errors import (
     ConfigurationError,
     PoolClosedError,
@@ -125,12 +125,7 @@ class PoolManager:
         # stop(): the pool-owned shutdown task and how long it waits for work in flight.
         self._shutdown: asyncio.Task[None] | None = None
         self._stopping: Shutdown | None = None
-        # Owned tasks by kind: connects (the reconnect loop included) and returns (restoring
-        # a connection before release). stop() cancels connects at once, returns last.
-        self._connects: set[asyncio.Task[Any]] = set()
-        self._returns: set[asyncio.Task[Any]] = set()
-        self._maintenance: asyncio.Task[None] | None = None
-        self._reconnect_task: asyncio.Task[None] | None = None
+        self._tasks = OwnedTasks(lambda: self.name)
         self._down_since: float | None = None
         self._leaks: NoLeakDetector = NoLeakDetector()
         self._canceller = Canceller(
@@ -139,7 +134,6 @@ class PoolManager:
         self._metrics = Recorder(self)
         self._counters = self._metrics.counters
         self._health = Health(self._now)
-        self._names = itertools.count(1)
 
     def __repr__(self) -> str:
         return (
@@ -188,13 +182,11 @@ class PoolManager:
         self._state = transition(self._state, PoolState.OPEN)
         self._opener = Opener(
             self._connector,
-            timeout=self.settings.connect_timeout,
-            max_lifetime=self.settings.max_lifetime,
+            self.settings,
             clock=self._now,
             jitter=self._jitter,
             recorder=self._metrics,
             health=self._health,
-            url=self.settings.url,
             password=self._password,
         )
         self._tools = SessionTools.build(
@@ -209,6 +201,9 @@ class PoolManager:
             pool_name=lambda: self.name,
         )
         self._runner, self._committer = self._tools.runner, self._tools.committer
+        self._run_once = functools.partial(
+            run_once, self._tools, self._acquire_for, self._release_after
+        )
         queue = WaitQueue(
             self._bag,
             self._metrics,
@@ -223,24 +218,23 @@ class PoolManager:
             self._bag,
             queue,
             self._metrics,
+            self.settings,
             clock=self._now,
-            acquire_timeout=self.settings.acquire_timeout,
-            validate_idle_after=self.settings.validate_idle_after,
-            ping_bound=min(self.settings.connect_timeout, self.settings.cancel_timeout),
             ping=lambda slot, deadline: self._runner.run(slot, "SELECT 1", None, deadline),
             drop=self._drop,
             release=self._release,
         )
         self._leaks = leak_detector(
-            self.settings.leak_detection_threshold, self._now, lambda: self.name, self._count_leak
+            self.settings.leak_detection_threshold,
+            self._now,
+            lambda: self.name,
+            self._metrics.leak_detected,
         )
         if not wait:
             # With wait, wait_ready's request starts the first connects itself, so their
             # failure is its failure (see _connect_failed).
             self._meet_demand()
-        self._maintenance = asyncio.get_running_loop().create_task(
-            self._maintain_forever(), name=f"pgpool-maintenance-{self.name}"
-        )
+        self._tasks.maintain(self._maintain_forever())
         if wait:
             try:
                 await self.wait_ready(timeout)
@@ -307,8 +301,8 @@ class PoolManager:
         )
         for waiter in self._bag.take_all_waiters():
             waiter.set_exception(PoolClosedError(f"pool {self.name} is stopping"))
-        if self._maintenance is not None:
-            self._maintenance.cancel()
+        if self._tasks.maintenance is not None:
+            self._tasks.maintenance.cancel()
         for slot in self._bag.take_all_idle():
             self._discard(slot, bad=False)
         self._shutdown = asyncio.get_running_loop().create_task(
@@ -317,7 +311,7 @@ class PoolManager:
 
     async def _shut_down(self) -> None:
         assert self._stopping is not None
-        await self._stopping.run(self._connects, self._returns, self._maintenance)
+        await self._stopping.run(self._tasks)
         self._leaks.close()
         for timers in (self._checkout.queue.timer, self._runner.timers):
             timers.close()
@@ -332,19 +326,6 @@ class PoolManager:
 
     # -- growth and connection bookkeeping -------------------------------------------------
 
-    def _spawn(
-        self, coro: Coroutine[Any, Any, Any], kind: set[asyncio.Task[Any]], name: str
-    ) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(
-            coro, name=f"pgpool-{name}-{self.name}-{next(self._names)}"
-        )
-        kind.add(task)
-        task.add_done_callback(kind.discard)
-        return task
-
-    def _spawn_return(self, coro: Coroutine[Any, Any, None]) -> None:
-        self._spawn(coro, self._returns, "return")
-
     def _meet_demand(self) -> None:
         """Start connects for unmet demand: waiters not covered by connects, or below min.
 
@@ -352,13 +333,12 @@ class PoolManager:
         """
         state = self._state
         if state is PoolState.RECONNECTING:
-            if self._reconnect_task is None or self._reconnect_task.done():
-                self._reconnect_task = self._spawn(self._reconnect(), self._connects, "reconnect")
+            self._tasks.reconnect(self._reconnect)
             return
         if state is not PoolState.OPEN:
             return
         for _ in range(self._bag.plan_connects()):
-            self._spawn(self._connect_one(self._bag.arrivals), self._connects, "connect")
+            self._tasks.connect(self._connect_one(self._bag.arrivals))
 
     async def _reconnect(self) -> None:
         await reconnect(
@@ -497,17 +477,9 @@ class PoolManager:
         if slot not in self._bag.busy:
             return
         conn = slot.conn
-        if (
-            conn.is_busy()
-            or slot.cancel_in_flight is not None
-            or (
-                not bad
-                and self._state.serving
-                and conn.transaction_status() in (TxStatus.INTRANS, TxStatus.INERROR)
-            )
-        ):
+        if needs_restore(slot, roll_back=not bad and self._state.serving):
             self._bag.begin_return()
-            self._spawn_return(self._restore_then_release(slot, bad=bad))
+            self._tasks.restore(self._restore_then_release(slot, bad=bad))
             return
         self._check_out_done(slot)
         self._retire_or_reuse(slot, bad=bad, status=conn.transaction_status())
@@ -515,20 +487,12 @@ class PoolManager:
     async def _restore_then_release(self, slot: Slot, *, bad: bool) -> None:
         """Cancel what still runs, roll back what is open (bounded), then release: reused
         if that worked, else closed and counted bad."""
-        ended, slot.outcome = slot.outcome, None
-        in_flight, slot.cancel_in_flight = slot.cancel_in_flight, None
         restored = False
         try:
-            restored = await restore(
-                slot.conn,
-                ended,
-                in_flight,
+            restored = await restore_slot(
+                slot,
                 canceller=self._canceller,
-                rollback=(
-                    None
-                    if bad or not self._state.serving
-                    else lambda: self._committer.rollback(slot)
-                ),
+                rollback=None if bad or not self._state.serving else self._committer.rollback,
             )
         finally:  # also when stop() cancels this task: never leave the slot behind
             self._bag.end_return()
@@ -541,9 +505,7 @@ class PoolManager:
 
     def _retire_or_reuse(self, slot: Slot, *, bad: bool, status: TxStatus) -> None:
         conn = slot.conn
-        state = self._state
-        serving = state is PoolState.OPEN or state is PoolState.RECONNECTING
-        if bad or conn.closed or not serving:
+        if bad or conn.closed or not self._state.serving:
             # Counted once, as returns_bad, when it came back broken from use.
             self._discard(slot, bad=bad or conn.closed)
             return
@@ -576,9 +538,6 @@ class PoolManager:
             self._metrics.connection_waited(max(slot.acquired_at - asked, 0.0))
         self._leaks.watch(slot, slot.acquired_at, metric_name)
         return slot, deadline
-
-    def _count_leak(self) -> None:
-        self._counters.leaks_detected += 1
 
     def _release_after(self, slot: Slot, exc: BaseException | None = None) -> None:
         """Release after a call (failed with ``exc``): a driver error on a dead connection
@@ -619,10 +578,7 @@ class PoolManager:
         get a connection reaches ``on_error`` as ``"postgres_connector"``), without
         holding a connector: the fast path for one statement.
         """
-        return await run_once(
-            self._tools,
-            self._acquire_for,
-            self._release_after,
+        return await self._run_once(
             sql,
             params,
             timeout=check_timeout(timeout),
@@ -643,10 +599,7 @@ class PoolManager:
         on_duration: OnDuration | None = None,
     ) -> QueryResult:
         """Call a stored function (``SELECT * FROM name(params)``); like :meth:`execute`."""
-        return await run_once(
-            self._tools,
-            self._acquire_for,
-            self._release_after,
+        return await self._run_once(
             name,
             params,
             timeout=check_timeout(timeout),
@@ -667,14 +620,11 @@ class PoolManager:
         committed: see :meth:`PostgresConnector.transaction` for what each error means.
         ``resolve_commit`` overrides the ``resolve_commits`` setting for this transaction.
         """
-        timeout = check_timeout(timeout)
-        async with self._holding(timeout) as (slot, deadline):
-            connector = PostgresConnector(slot, deadline, self._tools)
-            try:
-                async with connector.transaction(resolve_commit=resolve_commit):
-                    yield connector
-            finally:
-                connector.end()
+        async with (
+            self.connector(timeout=timeout) as connector,
+            connector.transaction(resolve_commit=resolve_commit),
+        ):
+            yield connector
 
     @contextlib.asynccontextmanager
     async def connector(

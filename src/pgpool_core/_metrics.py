@@ -146,6 +146,9 @@ class Recorder:
         for observer in self.observers:
             observer.connection_used(self.subject, seconds)
 
+    def leak_detected(self) -> None:
+        self.counters.leaks_detected += 1
+
     def acquire_timed_out(self) -> None:
         self.counters.requests_errors += 1
         for observer in self.observers:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from ._bag import Slot
+from ._config import PoolSettings
 from ._connector import Connector, UrlSource
 from ._metrics import Health, Recorder
 from ._redact import describe_error, passwords_in
@@ -37,24 +38,22 @@ class Opener:
     def __init__(
         self,
         connector: Connector,
+        settings: PoolSettings,
         *,
-        timeout: float,
-        max_lifetime: float,
         clock: Callable[[], float],
         jitter: Callable[[], float],
         recorder: Recorder,
         health: Health,
-        url: str,
         password: UrlSource | None,
     ) -> None:
         self._connector = connector
-        self.timeout = timeout
+        self.timeout = settings.connect_timeout
         self._clock = clock
-        self._max_lifetime = max_lifetime
+        self._max_lifetime = settings.max_lifetime
         self._jitter = jitter
         self._recorder = recorder
         self._health = health
-        self._secrets = passwords_in(url)
+        self._secrets = passwords_in(settings.url)
         if isinstance(password, str):
             self._secrets.add(password)
 

@@ -10,9 +10,12 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ._bag import Slot
 from ._connector import DriverConnection, TxStatus
 
-__all__ = ["Canceller", "consume", "restore"]
+__all__ = ["Canceller", "consume", "needs_restore", "restore", "restore_slot"]
+
+_OPEN = (TxStatus.INTRANS, TxStatus.INERROR)
 
 
 class Canceller:
@@ -87,6 +90,34 @@ class Canceller:
         return future
 
 
+def needs_restore(slot: Slot, *, roll_back: bool) -> bool:
+    """Whether a returned connection must be restored (in a task) before its release: a
+    statement still runs, a cancel request is on its way, or a transaction is open and is
+    to be rolled back (``roll_back``; else such a connection is closed)."""
+    conn = slot.conn
+    return (
+        conn.is_busy()
+        or slot.cancel_in_flight is not None
+        or (roll_back and conn.transaction_status() in _OPEN)
+    )
+
+
+async def restore_slot(
+    slot: Slot, *, canceller: Canceller, rollback: Callable[[Slot], Awaitable[object]] | None
+) -> bool:
+    """:func:`restore` for a returned slot, taking the statement end and the cancel request
+    it still carries."""
+    ended, slot.outcome = slot.outcome, None
+    in_flight, slot.cancel_in_flight = slot.cancel_in_flight, None
+    return await restore(
+        slot.conn,
+        ended,
+        in_flight,
+        canceller=canceller,
+        rollback=None if rollback is None else lambda: rollback(slot),
+    )
+
+
 async def restore(
     conn: DriverConnection,
     ended: asyncio.Future[Any] | None,
@@ -109,7 +140,7 @@ async def restore(
         in_flight = in_flight or sent
     if in_flight is not None and not await canceller.landed(in_flight):
         return False
-    if conn.transaction_status() in (TxStatus.INTRANS, TxStatus.INERROR):
+    if conn.transaction_status() in _OPEN:
         if rollback is None:
             return False
         try:

@@ -1,19 +1,60 @@
-"""stop()'s waiting: its deadline, and the shutdown sequence that waits for, interrupts
-and cuts work in flight."""
+"""The pool's own tasks by kind, and stop()'s waiting: its deadline, and the shutdown
+sequence that waits for, interrupts and cuts work in flight."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ._bag import Slot
 from ._statements import Stopped, interrupt
 
-__all__ = ["Shutdown", "StopDeadline"]
+__all__ = ["OwnedTasks", "Shutdown", "StopDeadline"]
 
 LOGGER = logging.getLogger("pgpool")
+
+
+class OwnedTasks:
+    """The tasks a pool runs on its own, in typed sets by kind, named
+    ``pgpool-<kind>-<pool>-<n>`` for debugging: connects (the single reconnect loop
+    included), returns (restoring a connection before its release) and the maintenance
+    loop. :class:`Shutdown` cancels connects and maintenance at once, returns last."""
+
+    def __init__(self, pool_name: Callable[[], str]) -> None:
+        self.connects: set[asyncio.Task[Any]] = set()
+        self.returns: set[asyncio.Task[Any]] = set()
+        self.maintenance: asyncio.Task[None] | None = None
+        #: The single reconnect loop, while it runs.
+        self.reconnecting: asyncio.Task[None] | None = None
+        self._pool_name = pool_name
+        self._numbers = itertools.count(1)
+
+    def connect(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._spawn(coro, self.connects, "connect")
+
+    def reconnect(self, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Start ``loop()`` unless the reconnect loop already runs (single flight)."""
+        if self.reconnecting is None or self.reconnecting.done():
+            self.reconnecting = self._spawn(loop(), self.connects, "reconnect")
+
+    def restore(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._spawn(coro, self.returns, "return")
+
+    def maintain(self, coro: Coroutine[Any, Any, None]) -> None:
+        self.maintenance = self._spawn(coro, set(), "maintenance")
+
+    def _spawn(
+        self, coro: Coroutine[Any, Any, Any], kind: set[asyncio.Task[Any]], name: str
+    ) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(
+            coro, name=f"pgpool-{name}-{self._pool_name()}-{next(self._numbers)}"
+        )
+        kind.add(task)
+        task.add_done_callback(kind.discard)
+        return task
 
 
 class StopDeadline:
@@ -78,14 +119,10 @@ class Shutdown:
         self._cancel_bound = cancel_bound
         self._pool_name = pool_name
 
-    async def run(
-        self,
-        connects: set[asyncio.Task[Any]],
-        returns: set[asyncio.Task[Any]],
-        maintenance: asyncio.Task[None] | None,
-    ) -> None:
+    async def run(self, tasks: OwnedTasks) -> None:
         # Nothing new is opened; in-flight work returns its connections, closed now.
-        stopped = [*connects, *([maintenance] if maintenance else [])]
+        returns, maintenance = tasks.returns, tasks.maintenance
+        stopped = [*tasks.connects, *([maintenance] if maintenance else [])]
         for task in stopped:
             task.cancel()
         await self.deadline.wait(self._in_use)
@@ -104,9 +141,9 @@ class Shutdown:
                 slot.conn.close()
         for task in returns:
             task.cancel()  # restores stuck behind a lost cancel: their connections close
-        tasks = [t for t in (*stopped, *returns) if not t.done()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=self._cancel_bound)
+        unwinding = [t for t in (*stopped, *returns) if not t.done()]
+        if unwinding:
+            await asyncio.wait(unwinding, timeout=self._cancel_bound)
 
     def _in_use(self) -> bool:
         return bool(self._busy)

@@ -657,7 +657,7 @@ class PoolMachine(RuleBasedStateMachine):
             if waiters:
                 assert not book.idle, "a request waits while a connection is idle"
             if pool.state is PoolState.RECONNECTING:
-                retry = pool._reconnect_task
+                retry = pool._tasks.reconnecting
                 assert retry is not None, "down, and no reconnect scheduled"
                 assert not retry.done(), "down, and the reconnect task has ended"
             if waiters and pool.state is PoolState.OPEN:
