@@ -11,32 +11,48 @@ import psycopg2
 
 from ._bag import Bag, Slot
 from ._config import PoolSettings
+from ._leaks import NoLeakDetector
 from ._metrics import Recorder
+from ._state import PoolState
 from ._statements import Deadline
 from ._timers import DeadlineTimer
-from .errors import PoolTimeoutError, PoolUnavailableError, QueryTimeoutError, TooManyRequestsError
+from .errors import (
+    PoolClosedError,
+    PoolTimeoutError,
+    PoolUnavailableError,
+    QueryTimeoutError,
+    TooManyRequestsError,
+)
 
 __all__ = ["Checkout", "WaitQueue"]
 
 
 class Checkout:
-    """Hands a request a connection: the most recently used idle one, else a place in the
-    :class:`WaitQueue`. An idle connection is handed out as is when it was used within
-    ``validate_idle_after`` and the server sent nothing meanwhile; otherwise it is proved
-    alive by ``ping(slot, deadline)`` (a ``SELECT 1``) first, bounded by
-    ``connect_timeout``, ``cancel_timeout`` and the request's remaining wait. A dead one is
-    closed and given to ``drop`` (checked out or not, the pool forgets it and refills);
-    ``release`` gives back one whose ping was interrupted by the caller's cancellation."""
+    """Hands a request a connection, and a call its deadline: the most recently used idle
+    connection, else a place in the :class:`WaitQueue` (built here, on the callbacks it
+    names). Refused at once unless ``state()`` is serving.
+
+    An idle connection is handed out as is when it was used within ``validate_idle_after``
+    and the server sent nothing meanwhile; otherwise it is proved alive by
+    ``ping(slot, deadline)`` (a ``SELECT 1``) first, bounded by ``connect_timeout``,
+    ``cancel_timeout`` and the request's remaining wait. A dead one is closed and given to
+    ``drop`` (checked out or not, the pool forgets it and refills); ``release`` gives back
+    one whose ping was interrupted by the caller's cancellation, or handed over just as its
+    waiter was cancelled."""
 
     __slots__ = (
         "_acquire_timeout",
         "_bag",
         "_clock",
         "_drop",
+        "_leaks",
         "_ping",
         "_ping_bound",
+        "_pool_name",
+        "_query_timeout",
         "_recorder",
         "_release",
+        "_state",
         "_validate_after",
         "queue",
     )
@@ -44,18 +60,35 @@ class Checkout:
     def __init__(
         self,
         bag: Bag[asyncio.Future[Slot]],
-        queue: WaitQueue,
         recorder: Recorder,
         settings: PoolSettings,
         *,
         clock: Callable[[], float],
+        leaks: NoLeakDetector,
+        state: Callable[[], PoolState],
+        pool_name: Callable[[], str],
+        unreachable: Callable[[], str | None],
+        on_queued: Callable[[], None],
         ping: Callable[[Slot, Deadline], Awaitable[object]],
         drop: Callable[[Slot], None],
         release: Callable[[Slot], None],
     ) -> None:
         self._bag = bag
-        self.queue = queue
+        self.queue = WaitQueue(
+            bag,
+            recorder,
+            clock=clock,
+            max_waiting=settings.max_waiting,
+            pool_name=pool_name,
+            unreachable=unreachable,
+            on_queued=on_queued,
+            release=release,
+        )
         self._recorder = recorder
+        self._leaks = leaks
+        self._state = state
+        self._pool_name = pool_name
+        self._query_timeout = settings.query_timeout
         self._clock = clock
         self._acquire_timeout = settings.acquire_timeout
         self._validate_after = settings.validate_idle_after
@@ -63,6 +96,28 @@ class Checkout:
         self._ping = ping
         self._drop = drop
         self._release = release
+
+    async def take_for(self, timeout: float | None, metric_name: str = "") -> tuple[Slot, Deadline]:
+        """A connection for one call, and the call's deadline.
+
+        With ``timeout`` (already checked) it bounds the whole call, waiting included, from
+        one clock reading; without, waiting is bounded by ``acquire_timeout`` and running by
+        ``query_timeout``. The connection is watched for leaks under ``metric_name``.
+        """
+        state = self._state()
+        if not state.serving:
+            raise PoolClosedError(f"pool {self._pool_name()} is {state.value}")
+        asked = self._clock()
+        if timeout is None:
+            slot = await self.take(None)
+            deadline = Deadline.after(self._clock(), self._query_timeout)
+        else:
+            deadline = Deadline.after(asked, timeout)
+            slot = await self.take(deadline.at)
+        if self._recorder.observers:
+            self._recorder.connection_waited(max(slot.acquired_at - asked, 0.0))
+        self._leaks.watch(slot, slot.acquired_at, metric_name)
+        return slot, deadline
 
     async def take(self, deadline: float | None) -> Slot:
         """A connection, checked out. Waits up to ``acquire_timeout``, or until
@@ -172,6 +227,13 @@ class WaitQueue:
             self.timer.discard(waiter)
             bag.forget_waiter(waiter)
             counters.requests_wait_ms += int((self._clock() - started) * 1000)
+
+    def fail_arrived_before(self, cutoff: int, error: Callable[[], Exception]) -> None:
+        """Fail the live waiters that arrived before arrival number ``cutoff`` (a connect
+        that started then has failed), each with its own ``error()``."""
+        for waiter in self._bag.waiters_before(cutoff):
+            self._recorder.counters.requests_errors += 1
+            waiter.set_exception(error())
 
     def _expire(self, waiter: asyncio.Future[Slot], wait: float) -> None:
         if waiter.done():

@@ -26,7 +26,7 @@ import psycopg2
 import psycopg2.extensions
 
 from ._bag import Bag, Slot
-from ._checkout import Checkout, WaitQueue
+from ._checkout import Checkout
 from ._config import PoolSettings
 from ._connector import AiopgConnector, Connector, TxStatus, UrlSource
 from ._leaks import NoLeakDetector, leak_detector
@@ -105,11 +105,7 @@ class PoolManager:
             self._url_source = url
         elif url is not None:
             given["url"] = url
-        if settings is None:
-            settings = PoolSettings(**given)
-        elif given:
-            settings = dataclasses.replace(settings, **given)
-        self.settings = settings
+        self.settings = settings = dataclasses.replace(settings or PoolSettings(), **given)
         self.name = name or pool_name(settings.url)
         self._named = name is not None or bool(settings.url)
         self._connector = connector
@@ -201,34 +197,28 @@ class PoolManager:
             pool_name=lambda: self.name,
         )
         self._runner, self._committer = self._tools.runner, self._tools.committer
-        self._run_once = functools.partial(
-            run_once, self._tools, self._acquire_for, self._release_after
-        )
-        queue = WaitQueue(
-            self._bag,
-            self._metrics,
-            clock=self._now,
-            max_waiting=self.settings.max_waiting,
-            pool_name=lambda: self.name,
-            unreachable=self._unreachable,
-            on_queued=self._meet_demand,
-            release=self._release,
-        )
-        self._checkout = Checkout(
-            self._bag,
-            queue,
-            self._metrics,
-            self.settings,
-            clock=self._now,
-            ping=lambda slot, deadline: self._runner.run(slot, "SELECT 1", None, deadline),
-            drop=self._drop,
-            release=self._release,
-        )
         self._leaks = leak_detector(
             self.settings.leak_detection_threshold,
             self._now,
             lambda: self.name,
             self._metrics.leak_detected,
+        )
+        self._checkout = Checkout(
+            self._bag,
+            self._metrics,
+            self.settings,
+            clock=self._now,
+            leaks=self._leaks,
+            state=lambda: self._state,
+            pool_name=lambda: self.name,
+            unreachable=self._unreachable,
+            on_queued=self._meet_demand,
+            ping=lambda slot, deadline: self._runner.run(slot, "SELECT 1", None, deadline),
+            drop=self._drop,
+            release=self._release,
+        )
+        self._run_once = functools.partial(
+            run_once, self._tools, self._checkout.take_for, self._release_after
         )
         if not wait:
             # With wait, wait_ready's request starts the first connects itself, so their
@@ -386,9 +376,6 @@ class PoolManager:
     def _connect_failed(self, exc: BaseException, cutoff: int) -> None:
         """A connect failed (counted and described by the opener): start reconnecting, and
         fail the waiters that arrived before it started."""
-        error_type = (
-            ConfigurationError if isinstance(exc, ConfigurationError) else PoolUnavailableError
-        )
         if self._state is PoolState.OPEN:
             self._state = transition(self._state, PoolState.RECONNECTING)
             self._down_since = self._now()
@@ -401,10 +388,9 @@ class PoolManager:
             LOGGER.debug("pool %s: connect failed: %s", self.name, self._health.last_error)
         # Fail the waiters that arrived before this attempt started, now, rather than let
         # them sit out their timeouts against a database that just refused us.
+        kind = ConfigurationError if isinstance(exc, ConfigurationError) else PoolUnavailableError
         message = f"cannot connect to {self.name}: {self._health.last_error}"
-        for waiter in self._bag.waiters_before(cutoff):
-            self._counters.requests_errors += 1
-            waiter.set_exception(error_type(message))
+        self._checkout.queue.fail_arrived_before(cutoff, lambda: kind(message))
         self._meet_demand()
 
     def _check_out_done(self, slot: Slot) -> None:
@@ -516,29 +502,6 @@ class PoolManager:
 
     # -- running statements -------------------------------------------------------------------
 
-    async def _acquire_for(
-        self, timeout: float | None, metric_name: str = ""
-    ) -> tuple[Slot, Deadline]:
-        """Acquire for one call: the slot and the call's deadline.
-
-        With ``timeout`` (already checked) it bounds the whole call, waiting included, from
-        one clock reading; without, waiting is bounded by acquire_timeout and running by
-        query_timeout.
-        """
-        if not self._state.serving:
-            raise PoolClosedError(f"pool {self.name} is {self._state.value}")
-        asked = self._now()
-        if timeout is None:
-            slot = await self._checkout.take(None)
-            deadline = Deadline.after(self._now(), self.settings.query_timeout)
-        else:
-            deadline = Deadline.after(asked, timeout)
-            slot = await self._checkout.take(deadline.at)
-        if self._metrics.observers:
-            self._metrics.connection_waited(max(slot.acquired_at - asked, 0.0))
-        self._leaks.watch(slot, slot.acquired_at, metric_name)
-        return slot, deadline
-
     def _release_after(self, slot: Slot, exc: BaseException | None = None) -> None:
         """Release after a call (failed with ``exc``): a driver error on a dead connection
         discards it."""
@@ -548,7 +511,7 @@ class PoolManager:
     async def _holding(
         self, timeout: float | None, metric_name: str = ""
     ) -> AsyncIterator[tuple[Slot, Deadline]]:
-        slot, deadline = await self._acquire_for(timeout, metric_name)
+        slot, deadline = await self._checkout.take_for(timeout, metric_name)
         try:
             yield slot, deadline
         except BaseException as exc:
