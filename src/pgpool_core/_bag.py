@@ -167,11 +167,11 @@ class Bag(Generic[W]):
 
     # -- hand-off ----------------------------------------------------------------------------
 
-    def take(self, slot: Slot, now: float) -> None:
+    def check_out(self, slot: Slot, now: float) -> None:
         self.busy.add(slot)
         slot.acquired_at = now
 
-    def untake(self, slot: Slot) -> bool:
+    def check_out_done(self, slot: Slot) -> bool:
         """``slot`` is no longer checked out; False if it was not."""
         if slot not in self.busy:
             return False
@@ -184,7 +184,7 @@ class Bag(Generic[W]):
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
-                self.take(slot, now)
+                self.check_out(slot, now)
                 return waiter
         slot.last_used = now
         self.idle.append(slot)
@@ -199,7 +199,7 @@ class Bag(Generic[W]):
             if slot.expires <= now or slot.conn.closed:
                 dead.append(slot)
                 continue
-            self.take(slot, now)
+            self.check_out(slot, now)
             return slot, dead
         return None, dead
 

@@ -1,13 +1,23 @@
 """PoolManager: lifecycle, growth and reconnects, acquire and release, failover,
-maintenance and the public API, orchestrating the units beside it (_bag: bookkeeping,
-_statements: running a statement, _session/_transaction: connectors and COMMIT,
-_returns: restoring returned connections, _metrics, _leaks, _stopping).
+maintenance and the public API, orchestrating the units beside it, each with one job:
+
+- ``_bag``: the bookkeeping (idle, waiters, busy, opening, returning, generation); decides,
+  never awaits;
+- ``_opening``: one connect, timed and counted; the reconnect loop;
+- ``_checkout``: handing out a connection (idle first, pinged when idle long) or a place
+  in the wait queue;
+- ``_statements``: the call's deadline and the statement runner;
+- ``_session`` / ``_transaction``: the connector session, BEGIN ... COMMIT and its truth;
+- ``_returns``: the cancel and rollback that restore a returned connection;
+- ``_metrics`` (counters, observers, status, health), ``_leaks``, ``_stopping`` (owned
+  tasks, stop's deadline).
 
 Everything runs on one event loop, so the bookkeeping is changed without awaits in
 between and needs no lock. Connects, and the cancel and rollback that restore a returned
 connection, run in tasks the pool owns (cancelled by kind on stop). Two round trips run on
 the caller's own task, bounded by its deadline or cancel_timeout: the checkout
-validation (``SELECT 1``) and the ROLLBACK of a transaction block that raised.
+validation (``SELECT 1``) and the ROLLBACK of a transaction block that raised. Only the
+manager puts a connection back: ``_release``, or the restore task it starts.
 """
 
 from __future__ import annotations
@@ -394,7 +404,7 @@ class PoolManager:
         self._meet_demand()
 
     def _check_out_done(self, slot: Slot) -> None:
-        self._bag.untake(slot)
+        self._bag.check_out_done(slot)
         self._metrics.connection_used(self._now() - slot.acquired_at)
         self._leaks.forget(slot)
         if not self._bag.busy and self._stopping is not None:
@@ -458,8 +468,8 @@ class PoolManager:
 
     def _release(self, slot: Slot, *, bad: bool = False) -> None:
         """Return a connection. Never awaits: a connection that still runs a statement, or
-        sits in a transaction, is restored in an owned task first, and stays counted in use
-        until that task hands it back here (the only place connections are released)."""
+        sits in a transaction, is restored in an owned task first (the units there report
+        an outcome and release nothing), and stays counted in use until that task ends."""
         if slot not in self._bag.busy:
             return
         conn = slot.conn

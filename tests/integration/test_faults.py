@@ -1,4 +1,25 @@
-"""Fault scenarios F1-F10 against a real server, a real TCP proxy and a stub DNS server.
+"""Fault scenarios against a real server, a real TCP proxy and a stub DNS server.
+
+The scenario ids that test docstrings cite, defined once:
+
+=====  ===========================================================  ==========================
+id     scenario                                                     tests
+=====  ===========================================================  ==========================
+F1     server restart under steady load                             test_faults ``test_f1_*``
+F2     every idle backend killed (``pg_terminate_backend``)         test_pool ``test_first_``
+                                                                    ``request_after_all_idle_``
+                                                                    ``backends_are_killed_*``
+F3     server down at start, up later                               test_faults ``test_f3_*``
+F4     black-holed network                                          test_faults ``test_f4_*``
+F5     calling task cancelled mid-statement                         test_pool ``test_cancelled_``
+                                                                    ``caller_*``
+F6     client timeout mid-statement                                 test_pool ``test_client_``
+                                                                    ``timeout_*``
+F7     more long requests than connections (acquire timeouts)       test_faults ``test_f7_*``
+F8     bad connection settings and URLs                             test_faults ``test_f8_*``
+F9     many transactions, half raising                              test_pool ``test_thousand_*``
+F10    stop() with work in flight                                   test_faults ``test_f10_*``
+=====  ===========================================================  ==========================
 
 Every test runs as a password-protected role with all pgpool logging captured at DEBUG;
 the password must never appear in any of it. Timing numbers are printed (run with -s)

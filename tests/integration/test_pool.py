@@ -273,7 +273,7 @@ async def test_callproc_calls_a_function(
 async def test_bad_input_is_a_clear_error_and_the_pool_stays_healthy(
     pool: PoolManager, sql: str, params: object, error: type[BaseException] | None
 ) -> None:
-    """F8: Each bad input raises its own typed error; the pool answers right after."""
+    """Each bad input raises its own typed error; the pool answers right after."""
     if error is None:
         await pool.execute(sql, params)
     else:
@@ -290,7 +290,7 @@ async def test_large_parameter_round_trips(pool: PoolManager) -> None:
 
 
 async def test_waiters_are_served_in_arrival_order(postgres_db_url: str) -> None:
-    """F7: With one connection busy, requests queued in order complete in that order."""
+    """With one connection busy, requests queued in order complete in that order."""
     async with PoolManager(postgres_db_url, min_size=1, max_size=1, acquire_timeout=10) as pool:
         await pool.execute("SELECT 1")
         holder = asyncio.create_task(pool.execute("SELECT pg_sleep(0.3)"))
@@ -418,7 +418,7 @@ async def test_real_database_conditions_classify(pool: PoolManager) -> None:
 async def test_first_request_after_all_idle_backends_are_killed_succeeds(
     postgres_db_url: str, postgres_server: PostgresServer
 ) -> None:
-    """F2: F2: pg_terminate_backend of every idle backend; the next request still succeeds,
+    """F2: pg_terminate_backend of every idle backend; the next request still succeeds,
     the dead ones are counted as connections_lost, none as a failed request."""
     db = database_of(postgres_db_url)
     async with PoolManager(postgres_db_url, min_size=3, max_size=3, validate_idle_after=0) as pool:

@@ -177,7 +177,7 @@ class BagMachine(RuleBasedStateMachine):
         """A holder gives its connection back: reused, or closed if broken or stale."""
         slot = data.draw(st.sampled_from(self.held))
         self.held.remove(slot)
-        assert self.bag.untake(slot)
+        assert self.bag.check_out_done(slot)
         if broken or not self.bag.reusable(slot, self.now):
             self.bag.forget()
         else:
