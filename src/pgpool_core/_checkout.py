@@ -109,22 +109,21 @@ class Checkout:
             raise PoolClosedError(f"pool {self._pool_name()} is {state.value}")
         asked = self._clock()
         if timeout is None:
-            slot = await self.take(None)
-            deadline = Deadline.after(self._clock(), self._query_timeout)
+            slot = await self.take(None, asked)
+            deadline = Deadline(self._clock() + self._query_timeout, self._query_timeout)
         else:
-            deadline = Deadline.after(asked, timeout)
-            slot = await self.take(deadline.at)
+            deadline = Deadline(asked + timeout, timeout)
+            slot = await self.take(deadline.at, asked)
         if self._recorder.observers:
             self._recorder.connection_waited(max(slot.acquired_at - asked, 0.0))
         self._leaks.watch(slot, slot.acquired_at, metric_name)
         return slot, deadline
 
-    async def take(self, deadline: float | None) -> Slot:
-        """A connection, checked out. Waits up to ``acquire_timeout``, or until
+    async def take(self, deadline: float | None, now: float) -> Slot:
+        """A connection, checked out. Waits up to ``acquire_timeout`` from ``now``, or until
         ``deadline`` if sooner."""
         self._recorder.counters.requests_num += 1
         bag = self._bag
-        now = self._clock()
         wait = self._acquire_timeout
         if deadline is not None and deadline - now < wait:
             wait = max(deadline - now, 0.0)
@@ -191,7 +190,8 @@ class WaitQueue:
         self._unreachable = unreachable
         self._on_queued = on_queued
         self._release = release
-        self.timer = DeadlineTimer(asyncio.get_running_loop(), clock, self._expire)
+        self._loop = asyncio.get_running_loop()
+        self.timer = DeadlineTimer(self._loop, clock, self._expire)
 
     async def wait(self, until: float, wait: float) -> Slot:
         """Queue until a connection is handed over, or ``until`` (``wait`` seconds, quoted
@@ -207,7 +207,7 @@ class WaitQueue:
                 f"(max_waiting={self._max_waiting})"
             )
         started = self._clock()
-        waiter: asyncio.Future[Slot] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Slot] = self._loop.create_future()
         bag.add_waiter(waiter)
         counters.requests_queued += 1
         self._on_queued()

@@ -32,9 +32,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import psycopg2
-import psycopg2.extensions
-
 from ._bag import Bag, Slot
 from ._checkout import Checkout
 from ._config import PoolSettings
@@ -51,6 +48,7 @@ from ._session import (
     OnError,
     PostgresConnector,
     SessionTools,
+    broke,
     run_once,
 )
 from ._state import PoolState, transition
@@ -228,7 +226,7 @@ class PoolManager:
             release=self._release,
         )
         self._run_once = functools.partial(
-            run_once, self._tools, self._checkout.take_for, self._release_after
+            run_once, self._tools, self._checkout.take_for, self._release
         )
         if not wait:
             # With wait, wait_ready's request starts the first connects itself, so their
@@ -378,7 +376,7 @@ class PoolManager:
                 self._bag.forget()
             self._meet_demand()
             return True
-        self._hand_off(slot)
+        self._hand_off(slot, slot.created)
         if recovered:
             self._meet_demand()  # the rest of the demand, in parallel again
         return True
@@ -403,16 +401,16 @@ class PoolManager:
         self._checkout.queue.fail_arrived_before(cutoff, lambda: kind(message))
         self._meet_demand()
 
-    def _check_out_done(self, slot: Slot) -> None:
+    def _check_out_done(self, slot: Slot, now: float) -> None:
         self._bag.check_out_done(slot)
-        self._metrics.connection_used(self._now() - slot.acquired_at)
+        self._metrics.connection_used(now - slot.acquired_at)
         self._leaks.forget(slot)
         if not self._bag.busy and self._stopping is not None:
             self._stopping.deadline.drained()
 
-    def _hand_off(self, slot: Slot) -> None:
+    def _hand_off(self, slot: Slot, now: float) -> None:
         """Give a free connection to the oldest live waiter, else make it idle (FIFO fairness)."""
-        waiter = self._bag.check_in(slot, self._now())
+        waiter = self._bag.check_in(slot, now)
         if waiter is not None:
             waiter.set_result(slot)
 
@@ -429,7 +427,7 @@ class PoolManager:
         """Close a connection found dead (idle, or failing its check-out ping) and forget
         it; count it lost if it died unseen."""
         if slot in self._bag.busy:
-            self._check_out_done(slot)
+            self._check_out_done(slot, self._now())
         if slot.conn.closed:
             self._counters.connections_lost += 1
         self._discard(slot, bad=False)
@@ -466,19 +464,21 @@ class PoolManager:
 
     # -- acquire / release ------------------------------------------------------------------
 
-    def _release(self, slot: Slot, *, bad: bool = False) -> None:
+    def _release(self, slot: Slot, bad: bool = False) -> None:
         """Return a connection. Never awaits: a connection that still runs a statement, or
         sits in a transaction, is restored in an owned task first (the units there report
         an outcome and release nothing), and stays counted in use until that task ends."""
         if slot not in self._bag.busy:
             return
         conn = slot.conn
-        if needs_restore(slot, roll_back=not bad and self._state.serving):
+        status = conn.transaction_status()
+        if needs_restore(slot, status, roll_back=not bad and self._state.serving):
             self._bag.begin_return()
             self._tasks.restore(self._restore_then_release(slot, bad=bad))
             return
-        self._check_out_done(slot)
-        self._retire_or_reuse(slot, bad=bad, status=conn.transaction_status())
+        now = self._now()
+        self._check_out_done(slot, now)
+        self._retire_or_reuse(slot, now, bad=bad, status=status)
 
     async def _restore_then_release(self, slot: Slot, *, bad: bool) -> None:
         """Cancel what still runs, roll back what is open (bounded), then release: reused
@@ -494,28 +494,24 @@ class PoolManager:
             self._bag.end_return()
             if not restored:
                 slot.conn.close()
-            self._check_out_done(slot)
+            now = self._now()
+            self._check_out_done(slot, now)
             self._retire_or_reuse(
-                slot, bad=bad or not restored, status=slot.conn.transaction_status()
+                slot, now, bad=bad or not restored, status=slot.conn.transaction_status()
             )
 
-    def _retire_or_reuse(self, slot: Slot, *, bad: bool, status: TxStatus) -> None:
+    def _retire_or_reuse(self, slot: Slot, now: float, *, bad: bool, status: TxStatus) -> None:
         conn = slot.conn
         if bad or conn.closed or not self._state.serving:
             # Counted once, as returns_bad, when it came back broken from use.
             self._discard(slot, bad=bad or conn.closed)
             return
-        if status is not TxStatus.IDLE or not self._bag.reusable(slot, self._now()):
+        if status is not TxStatus.IDLE or not self._bag.reusable(slot, now):
             self._discard(slot, bad=status is not TxStatus.IDLE)
             return
-        self._hand_off(slot)
+        self._hand_off(slot, now)
 
     # -- running statements -------------------------------------------------------------------
-
-    def _release_after(self, slot: Slot, exc: BaseException | None = None) -> None:
-        """Release after a call (failed with ``exc``): a driver error on a dead connection
-        discards it."""
-        self._release(slot, bad=isinstance(exc, psycopg2.Error) and slot.conn.closed)
 
     @contextlib.asynccontextmanager
     async def _holding(
@@ -525,7 +521,7 @@ class PoolManager:
         try:
             yield slot, deadline
         except BaseException as exc:
-            self._release_after(slot, exc)
+            self._release(slot, broke(slot, exc))
             raise
         self._release(slot)
 

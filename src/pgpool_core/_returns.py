@@ -90,15 +90,13 @@ class Canceller:
         return future
 
 
-def needs_restore(slot: Slot, *, roll_back: bool) -> bool:
+def needs_restore(slot: Slot, status: TxStatus, *, roll_back: bool) -> bool:
     """Whether a returned connection must be restored (in a task) before its release: a
     statement still runs, a cancel request is on its way, or a transaction is open and is
-    to be rolled back (``roll_back``; else such a connection is closed)."""
-    conn = slot.conn
+    to be rolled back (``roll_back``; else such a connection is closed). ``status``: the
+    connection's transaction status, read once by the caller."""
     return (
-        conn.is_busy()
-        or slot.cancel_in_flight is not None
-        or (roll_back and conn.transaction_status() in _OPEN)
+        slot.conn.is_busy() or slot.cancel_in_flight is not None or (roll_back and status in _OPEN)
     )
 
 

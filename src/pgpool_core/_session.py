@@ -73,10 +73,16 @@ def report_duration(
     recorder.operation_finished(seconds, failure)
 
 
+def broke(slot: Slot, exc: BaseException) -> bool:
+    """Whether a call that failed with ``exc`` leaves its connection bad (to discard, not
+    restore): a driver error on a connection that is now closed."""
+    return isinstance(exc, psycopg2.Error) and slot.conn.closed
+
+
 async def run_once(
     tools: SessionTools,
     acquire: Callable[[float | None, str], Awaitable[tuple[Slot, Deadline]]],
-    release: Callable[[Slot, BaseException | None], None],
+    release: Callable[[Slot, bool], None],
     sql: str,
     params: Any,
     *,
@@ -101,7 +107,7 @@ async def run_once(
         result = await tools.runner.run(slot, sql, params, deadline, callproc=callproc)
     except BaseException as exc:
         failure = exc
-        release(slot, exc)
+        release(slot, broke(slot, exc))
         if isinstance(exc, (psycopg2.Error, PoolError)):
             apply_on_error(on_error, metric_name, exc)
             return QueryResult(0, [])  # swallowed by the hook
@@ -109,7 +115,7 @@ async def run_once(
     finally:
         if on_duration is not None or tools.recorder.observers:
             report_duration(tools.recorder, on_duration, metric_name, clock() - started, failure)
-    release(slot, None)
+    release(slot, False)
     return result
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from pgpool_core import PoolSettings, RetryPolicy
 from pgpool_core._bag import FAILOVER_DRAIN_INTERVAL, Bag, Slot
+from pgpool_core._connector import TxStatus
 from pgpool_core._metrics import RECENT_SUCCESS, Health, PoolStatus, Recorder
 from pgpool_core._opening import Opener, reconnect
 from pgpool_core._returns import needs_restore
@@ -184,34 +185,30 @@ def test_pool_status_of_a_stats_snapshot() -> None:
 
 
 class _Conn:
-    def __init__(self, *, busy: bool = False, status: Any = None) -> None:
-        from pgpool_core._connector import TxStatus
-
+    def __init__(self, *, busy: bool = False) -> None:
         self._busy = busy
-        self._status = status or TxStatus.IDLE
 
     def is_busy(self) -> bool:
         return self._busy
 
-    def transaction_status(self) -> Any:
-        return self._status
-
 
 def test_needs_restore() -> None:
-    from pgpool_core._connector import TxStatus
-
     def slot(conn: _Conn) -> Slot:
         return Slot(conn, 0.0, 1.0, 0.0)  # type: ignore[arg-type]
 
-    assert not needs_restore(slot(_Conn()), roll_back=True)
-    assert needs_restore(slot(_Conn(busy=True)), roll_back=False)
-    in_tx = slot(_Conn(status=TxStatus.INERROR))
-    assert needs_restore(in_tx, roll_back=True)
-    assert not needs_restore(in_tx, roll_back=False)  # closed instead
+    idle, intrans, inerror = TxStatus.IDLE, TxStatus.INTRANS, TxStatus.INERROR
+    assert not needs_restore(slot(_Conn()), idle, roll_back=True)
+    assert needs_restore(slot(_Conn(busy=True)), TxStatus.ACTIVE, roll_back=False)
+    assert needs_restore(slot(_Conn()), intrans, roll_back=True)
+    assert needs_restore(slot(_Conn()), inerror, roll_back=True)
+    assert not needs_restore(slot(_Conn()), inerror, roll_back=False)  # closed instead
     cancelling = slot(_Conn())
-    cancelling.cancel_in_flight = asyncio.Future(loop=asyncio.new_event_loop())
-    assert needs_restore(cancelling, roll_back=False)
-    cancelling.cancel_in_flight.get_loop().close()
+    loop = asyncio.new_event_loop()
+    try:
+        cancelling.cancel_in_flight = loop.create_future()
+        assert needs_restore(cancelling, idle, roll_back=False)
+    finally:
+        loop.close()
 
 
 async def test_owned_tasks_by_kind_single_flight_reconnect() -> None:
