@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeAlias
 import aiopg
 import psycopg2
 import psycopg2.extensions
+import psycopg2.extras
 
 from ._config import PoolSettings
 from ._redact import first_line, is_srv, passwords_in, scrub, validate_url
@@ -66,6 +67,11 @@ class DriverConnection(Protocol):
     @property
     def handle(self) -> Any:
         """The object handed out by ``PoolManager.connection()`` (an aiopg connection)."""
+
+    def dict_cursor(self, timeout: float) -> Any:
+        """A driver cursor on this connection whose rows are dicts, each of its operations
+        bounded by ``timeout`` (``PostgresConnector.cursor``, sprockets-postgres' escape
+        hatch: an ``aiopg.Cursor``)."""
 
     def send(
         self, sql: str, params: Any, *, callproc: bool = False, keep: bool = False
@@ -152,6 +158,11 @@ class AiopgConnection:
             self._conn._waiter = None
         return self._conn
 
+    def dict_cursor(self, timeout: float) -> aiopg.Cursor:
+        conn = self.handle
+        impl = self._raw.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
+        return aiopg.Cursor(conn, impl, timeout, conn.echo)
+
     def send(
         self, sql: str, params: Any, *, callproc: bool = False, keep: bool = False
     ) -> asyncio.Future[None]:
@@ -199,7 +210,7 @@ class AiopgConnection:
         cursor = self._cursor
         description = cursor.description
         if description is None:
-            return QueryResult(max(cursor.rowcount, 0), [])
+            return QueryResult(max(cursor.rowcount, 0))
         names: Sequence[str] = [column[0] for column in description]
         return QueryResult.from_cursor(names, cursor.fetchall(), cursor.rowcount)
 

@@ -15,11 +15,26 @@ class QueryResult:
     result set; ``rows`` a list of dicts (``[]`` when none); ``row`` the only row, or
     ``None`` unless exactly one row came back. Iterating yields the rows; ``len()`` is
     ``row_count``.
+
+    Built as sprockets-postgres builds it, ``QueryResult(row_count, row, rows)`` (fakes in
+    users' unit tests do): a given ``row`` with no ``rows`` is the one row. pgpool 0.1's
+    ``QueryResult(row_count, rows)`` (a list in second place) still works.
+
+    .. versionchanged:: 0.2 sprockets-postgres' ``(row_count, row, rows)`` signature.
     """
 
     __slots__ = ("_row_count", "_rows")
 
-    def __init__(self, row_count: int, rows: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        row_count: int,
+        row: dict[str, Any] | list[dict[str, Any]] | None = None,
+        rows: list[dict[str, Any]] | None = None,
+    ) -> None:
+        if isinstance(row, list):  # pgpool 0.1: QueryResult(row_count, rows)
+            row, rows = None, row if rows is None else rows
+        if rows is None:
+            rows = [] if row is None else [row]
         self._row_count = row_count
         self._rows = rows
 
@@ -27,10 +42,14 @@ class QueryResult:
     def from_cursor(
         cls, names: Sequence[str] | None, tuples: Sequence[Sequence[Any]], row_count: int
     ) -> QueryResult:
+        result = cls.__new__(cls)  # the hot path: no argument juggling
         if names is None:
-            return cls(max(row_count, 0), [])
+            result._row_count, result._rows = max(row_count, 0), []
+            return result
         keys = tuple(names)
-        return cls(len(tuples), [dict(zip(keys, row, strict=True)) for row in tuples])
+        result._row_count = len(tuples)
+        result._rows = [dict(zip(keys, row, strict=True)) for row in tuples]
+        return result
 
     @property
     def row_count(self) -> int:

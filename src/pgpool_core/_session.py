@@ -194,6 +194,25 @@ class PostgresConnector:
         # complete on the server, so the transaction must not commit (never cleared).
         self._doomed: BaseException | None = None
         self._done = False  # the block that checked this connection out has ended
+        self._cursor: Any = None
+
+    @property
+    def cursor(self) -> Any:
+        """The ``aiopg.Cursor`` on this connector's connection, rows as dicts, as
+        sprockets-postgres exposed it (its operations bounded by what is left of the
+        connector's deadline).
+
+        An escape hatch: what runs on it bypasses the pool (no server-side cancel at the
+        deadline, since aiopg closes the connection on its own timeout; no hooks, metrics
+        or transaction checks). Prefer :meth:`execute`.
+
+        .. versionadded:: 0.2
+        """
+        if self._cursor is None:
+            self._check_usable("", callproc=True)
+            remaining = max(self._deadline.remaining(self._tools.clock()), 0.001)
+            self._cursor = self._slot.conn.dict_cursor(remaining)
+        return self._cursor
 
     def end(self) -> None:
         """The checkout is over: any later use of this connector is refused."""

@@ -36,10 +36,12 @@ from pgpool_core import (
     PoolUnavailableError,
     PostgresConnector,
     QueryResult,
+    SettingsError,
 )
 from pgpool_core.testing import FakeConnector
 from pgpool_tornado import (
     ERROR_RESPONSES,
+    SPROCKETS_POSTGRES_RESPONSES,
     ApplicationMixin,
     ErrorResponse,
     PostgresHTTPError,
@@ -99,14 +101,17 @@ def statement_for(tag: str) -> str:
 
 
 class Handler(RequestHandlerMixin, web.RequestHandler):
-    def send(self, result: QueryResult) -> None:
+    def send(self, result: QueryResult | None) -> None:
+        if result is None:  # swallowed by on_postgres_error
+            self.write({"result": None})
+            return
         self.write({"row_count": result.row_count, "rows": result.rows, "row": result.row})
 
 
 class RunHandler(Handler):
     """One statement per request, tagged by the path; ``?timeout=`` bounds it."""
 
-    async def run(self, tag: str) -> QueryResult:
+    async def run(self, tag: str) -> QueryResult | None:
         timeout = self.get_argument("timeout", None)
         return await self.postgres_execute(
             statement_for(tag),
@@ -646,6 +651,64 @@ async def test_error_writer_handler_renders_the_same_problem(
     assert SECRET not in response.body.decode()
 
 
+def test_sprockets_postgres_responses_table() -> None:
+    """sprockets-postgres 1.8.1's answers: one title for every way of not getting a
+    connection, conflicts as its OperationalError, no Retry-After anywhere."""
+    assert dict(SPROCKETS_POSTGRES_RESPONSES) == {
+        ErrorKind.CONNECTION_FAILURE: ErrorResponse(503, "Database Connection Error"),
+        ErrorKind.UNAVAILABLE: ErrorResponse(503, "Database Connection Error"),
+        ErrorKind.POOL_EXHAUSTED: ErrorResponse(503, "Database Connection Error"),
+        ErrorKind.QUERY_TIMEOUT: ErrorResponse(500, "Query Timeout"),
+        ErrorKind.UNIQUE_VIOLATION: ErrorResponse(409, "Unique Violation"),
+        ErrorKind.FOREIGN_KEY_VIOLATION: ErrorResponse(409, "Foreign Key Violation"),
+        ErrorKind.TRANSACTION_CONFLICT: ErrorResponse(503, "Database Error"),
+        ErrorKind.COMMIT_UNKNOWN: ErrorResponse(500, "Transaction Outcome Unknown"),
+        ErrorKind.OPERATIONAL: ErrorResponse(503, "Database Error"),
+        ErrorKind.DATABASE: ErrorResponse(500, "Database Error"),
+    }
+
+
+@pytest.mark.parametrize("name", list(CASES))
+async def test_sprockets_postgres_error_format_answers_as_upstream(
+    name: str, serve: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``postgres_error_format = "sprockets-postgres"`` without tornado-problem-details:
+    upstream's status and title as the reason, Tornado's HTML error page, no Retry-After,
+    nothing of the statement in the body."""
+    monkeypatch.setattr("pgpool_tornado._mixins.problemdetails", None)
+    case = CASES[name]
+    expected = SPROCKETS_POSTGRES_RESPONSES[case.kind]
+    s = await serve(postgres_error_format="sprockets-postgres", **case.settings)
+    response = await case.run(s)
+    assert (response.code, response.reason) == (expected.status, expected.title)
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert retry_after(response) is None
+    body = response.body.decode()
+    assert f"{expected.status}: {expected.title}" in body
+    for leak in (SECRET, "s3cret", "SELECT", "INSERT", "COMMIT", "Key (id)"):
+        assert leak not in body
+
+
+async def test_sprockets_postgres_error_format_with_problemdetails(serve: Serve) -> None:
+    """With tornado-problem-details installed upstream raised a bare Problem (status and
+    title, no SQLSTATE): an ErrorWriter handler renders it, as it did upstream."""
+    s = await serve(postgres_error_format="sprockets-postgres")
+    s.fake.on(r"secret_table_dup\b", error=duplicate())
+    response = await s("/error-writer/run/dup")
+    assert (response.code, retry_after(response)) == (409, None)
+    document = problem(response)
+    document.pop("type", None)
+    assert document == {"status": 409, "title": "Unique Violation"}
+
+
+async def test_unknown_error_format_is_a_settings_error(serve: Serve) -> None:
+    """A misspelt format is refused at start, naming the setting and the value."""
+    s = await serve(start=False, postgres_error_format="html")
+    with pytest.raises(SettingsError, match=r"postgres_error_format.*'html'"):
+        await s.app.postgres_start()
+    assert s.fake.attempts == 0
+
+
 # -- hooks ----------------------------------------------------------------------------------
 
 
@@ -668,9 +731,10 @@ async def test_default_hook_sees_metric_names(serve: Serve) -> None:
 
 
 async def test_hook_returning_none_swallows_statement_errors(serve: Serve) -> None:
-    """A None hook makes postgres_execute return an empty QueryResult, pool or no pool."""
+    """A None hook makes postgres_execute return None, pool or no pool (as in
+    sprockets-postgres)."""
     s = await serve()
-    empty = {"row_count": 0, "rows": [], "row": None}
+    empty = {"result": None}
     s.fake.on(r"secret_table_div\b", error=psycopg2.errors.DivisionByZero(SECRET))
     swallowed = await s("/swallow/div")
     assert (swallowed.code, json.loads(swallowed.body)) == (200, empty)

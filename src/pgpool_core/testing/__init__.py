@@ -33,7 +33,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from ._fakes import FakeConnection, FakeConnector, Script
+from ._fakes import FakeConnection, FakeConnector, FakeCursor, Script
 
 if TYPE_CHECKING:
     from ._discovery import DSN_ENV, SEARCH_DIRS_ENV, SOURCE_ENV, Source
@@ -62,6 +62,7 @@ __all__ = [
     "SOURCE_ENV",
     "FakeConnection",
     "FakeConnector",
+    "FakeCursor",
     "PgBouncer",
     "PgBouncerUnavailable",
     "PostgresServer",

@@ -19,7 +19,7 @@ import psycopg2.extensions
 from pgpool_core._connector import KeptFuture, TxStatus
 from pgpool_core._result import QueryResult
 
-__all__ = ["FakeConnection", "FakeConnector", "Script"]
+__all__ = ["FakeConnection", "FakeConnector", "FakeCursor", "Script"]
 
 _FIRST_WORD = re.compile(r"\s*(\w+)")
 _ROLLBACK_TO = re.compile(r"\s*ROLLBACK\s+TO\b", re.IGNORECASE)
@@ -104,7 +104,7 @@ class FakeConnection:
         # Like aiopg, one waiter per connection: wait_until_idle() replaces the statement's
         # future, which then never completes.
         self._waiter: asyncio.Future[None] | None = None
-        self._result = QueryResult(0, [])
+        self._result = QueryResult(0)
         self._tag: str | None = None
         self._script: Script | None = None
 
@@ -114,6 +114,9 @@ class FakeConnection:
     @property
     def handle(self) -> FakeConnection:
         return self
+
+    def dict_cursor(self, timeout: float) -> FakeCursor:
+        return FakeCursor(self, timeout)
 
     def send(
         self, sql: str, params: Any, *, callproc: bool = False, keep: bool = False
@@ -133,9 +136,9 @@ class FakeConnection:
         verb = first.group(1).upper() if first else ""
         rows = list(script.rows) if script and script.rows is not None else None
         if rows is not None:
-            self._result = QueryResult(len(rows), [dict(r) for r in rows])
+            self._result = QueryResult(len(rows), rows=[dict(r) for r in rows])
         else:
-            self._result = QueryResult(script.row_count if script else 0, [])
+            self._result = QueryResult(script.row_count if script else 0)
         self.status = TxStatus.ACTIVE if self.status is TxStatus.IDLE else self.status
         in_tx = self.status in (TxStatus.INTRANS, TxStatus.INERROR) or verb == "BEGIN"
 
@@ -241,3 +244,26 @@ class FakeConnection:
         if self._running:
             self._finish(psycopg2.OperationalError("server closed the connection unexpectedly"))
         self.closed = True
+
+
+class FakeCursor:
+    """The fake's ``aiopg.Cursor`` (``PostgresConnector.cursor``): statements run through
+    the connection's scripts; rows come back as dicts."""
+
+    def __init__(self, conn: FakeConnection, timeout: float) -> None:
+        self.connection = conn
+        self.timeout = timeout
+        self._rows: list[dict[str, Any]] = []
+        self.rowcount = -1
+
+    async def execute(self, operation: str, parameters: Any = None) -> None:
+        await self.connection.send(operation, parameters)
+        result = self.connection.result()
+        self._rows, self.rowcount = list(result.rows), result.row_count
+
+    async def fetchone(self) -> dict[str, Any] | None:
+        return self._rows.pop(0) if self._rows else None
+
+    async def fetchall(self) -> list[dict[str, Any]]:
+        rows, self._rows = self._rows, []
+        return rows

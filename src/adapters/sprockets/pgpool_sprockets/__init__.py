@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import typing
 from typing import Any
 
 from pgpool_core import (
@@ -23,23 +24,37 @@ from pgpool_core import (
     SettingsError,
 )
 from pgpool_tornado import (
+    ERROR_FORMATS,
     ERROR_RESPONSES,
+    SPROCKETS_POSTGRES_RESPONSES,
     ErrorResponse,
     MetricsRequestHandler,
     PostgresHTTPError,
     QueryParameters,
-    RequestHandlerMixin,
     StatusRequestHandler,
     Timeout,
 )
 from pgpool_tornado import ApplicationMixin as _TornadoApplicationMixin
+from pgpool_tornado import RequestHandlerMixin as _TornadoRequestHandlerMixin
 
 __all__ = [
+    "DEFAULT_POSTGRES_CONNECTION_TIMEOUT",
+    "DEFAULT_POSTGRES_CONNECTION_TTL",
+    "DEFAULT_POSTGRES_HSTORE",
+    "DEFAULT_POSTGRES_JSON",
+    "DEFAULT_POSTGRES_MAX_POOL_SIZE",
+    "DEFAULT_POSTGRES_MIN_POOL_SIZE",
+    "DEFAULT_POSTGRES_QUERY_TIMEOUT",
+    "DEFAULT_POSTGRES_UUID",
+    "ERROR_FORMATS",
     "ERROR_RESPONSES",
+    "LOGGER",
+    "SPROCKETS_POSTGRES_RESPONSES",
     "ApplicationMixin",
     "ConnectionException",
     "ErrorResponse",
     "MetricsRequestHandler",
+    "OptionalCallable",
     "PostgresConnector",
     "PostgresHTTPError",
     "QueryParameters",
@@ -49,7 +64,24 @@ __all__ = [
     "Timeout",
 ]
 
-LOGGER = logging.getLogger("pgpool.sprockets")
+#: sprockets-postgres' logger, kept under its name: this adapter's messages (start, stop,
+#: request errors) reach the filters and alerts that were set up for it. The pool's own
+#: messages (reconnects, leaks, stops) log under ``pgpool``.
+LOGGER = logging.getLogger("sprockets-postgres")
+
+# sprockets-postgres 1.8.1's module constants, with its values (strings where it had
+# strings). They document the defaults; the pool reads PoolSettings' own.
+DEFAULT_POSTGRES_CONNECTION_TIMEOUT = 10
+DEFAULT_POSTGRES_CONNECTION_TTL = 300
+DEFAULT_POSTGRES_HSTORE = "FALSE"
+DEFAULT_POSTGRES_JSON = "FALSE"
+DEFAULT_POSTGRES_MAX_POOL_SIZE = "10"
+DEFAULT_POSTGRES_MIN_POOL_SIZE = "1"
+DEFAULT_POSTGRES_QUERY_TIMEOUT = 120
+DEFAULT_POSTGRES_UUID = "TRUE"
+
+OptionalCallable = typing.Optional[typing.Callable]  # type: ignore[type-arg]  # noqa: UP045
+"""Type annotation of an optional callable (sprockets-postgres' name)."""
 
 #: Seconds the shutdown callback gives queries in flight (sprockets.http allows ~5 s).
 SHUTDOWN_TIMEOUT = 3.0
@@ -96,3 +128,10 @@ class ApplicationMixin(_TornadoApplicationMixin):
 
     def _postgres_shutdown(self, *_args: Any) -> Any:
         return asyncio.ensure_future(self.postgres_stop(SHUTDOWN_TIMEOUT))
+
+
+class RequestHandlerMixin(_TornadoRequestHandlerMixin):
+    """:class:`pgpool_tornado.RequestHandlerMixin`, logging request errors under
+    sprockets-postgres' logger name."""
+
+    postgres_logger = LOGGER

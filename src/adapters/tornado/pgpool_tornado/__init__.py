@@ -11,7 +11,9 @@ from __future__ import annotations
 from pgpool_core import ConnectionException, PostgresConnector, QueryResult
 
 from ._mixins import (
+    ERROR_FORMATS,
     ERROR_RESPONSES,
+    SPROCKETS_POSTGRES_RESPONSES,
     ApplicationMixin,
     ErrorResponse,
     MetricsRequestHandler,
@@ -23,7 +25,9 @@ from ._mixins import (
 )
 
 __all__ = [
+    "ERROR_FORMATS",
     "ERROR_RESPONSES",
+    "SPROCKETS_POSTGRES_RESPONSES",
     "ApplicationMixin",
     "ConnectionException",
     "ErrorResponse",

@@ -25,6 +25,7 @@ from pgpool_core import (
     PoolSettings,
     PostgresConnector,
     QueryResult,
+    SettingsError,
     classify,
     sqlstate,
 )
@@ -36,7 +37,9 @@ except ImportError:  # pragma: no cover - installed in the test environment
     problemdetails = None
 
 __all__ = [
+    "ERROR_FORMATS",
     "ERROR_RESPONSES",
+    "SPROCKETS_POSTGRES_RESPONSES",
     "ApplicationMixin",
     "ErrorResponse",
     "MetricsRequestHandler",
@@ -68,6 +71,7 @@ class ErrorResponse:
 
 #: ErrorKind -> HTTP answer. Codes and titles follow sprockets-postgres where it had them.
 #: Kinds missing here (``OTHER``) are not database errors and are re-raised unchanged.
+#: Rendered as ``application/problem+json`` (the default ``postgres_error_format``).
 ERROR_RESPONSES: Mapping[ErrorKind, ErrorResponse] = {
     ErrorKind.CONNECTION_FAILURE: ErrorResponse(503, "Database Connection Error", 1),
     ErrorKind.UNAVAILABLE: ErrorResponse(503, "Database Unavailable", 1),
@@ -80,6 +84,28 @@ ERROR_RESPONSES: Mapping[ErrorKind, ErrorResponse] = {
     ErrorKind.OPERATIONAL: ErrorResponse(503, "Database Error"),
     ErrorKind.DATABASE: ErrorResponse(500, "Database Error"),
 }
+
+#: sprockets-postgres 1.8.1's answers, for ``postgres_error_format = "sprockets-postgres"``:
+#: every way of not getting a connection is 503 "Database Connection Error", a
+#: serialization failure or deadlock is an OperationalError there (503 "Database Error"),
+#: no ``Retry-After``, and the body is Tornado's HTML error page (or the
+#: ``problemdetails.Problem`` when tornado-problem-details is installed). A COMMIT whose
+#: outcome is unknown has no upstream counterpart and keeps its own answer.
+SPROCKETS_POSTGRES_RESPONSES: Mapping[ErrorKind, ErrorResponse] = {
+    ErrorKind.CONNECTION_FAILURE: ErrorResponse(503, "Database Connection Error"),
+    ErrorKind.UNAVAILABLE: ErrorResponse(503, "Database Connection Error"),
+    ErrorKind.POOL_EXHAUSTED: ErrorResponse(503, "Database Connection Error"),
+    ErrorKind.QUERY_TIMEOUT: ErrorResponse(500, "Query Timeout"),
+    ErrorKind.UNIQUE_VIOLATION: ErrorResponse(409, "Unique Violation"),
+    ErrorKind.FOREIGN_KEY_VIOLATION: ErrorResponse(409, "Foreign Key Violation"),
+    ErrorKind.TRANSACTION_CONFLICT: ErrorResponse(503, "Database Error"),
+    ErrorKind.COMMIT_UNKNOWN: ErrorResponse(500, "Transaction Outcome Unknown"),
+    ErrorKind.OPERATIONAL: ErrorResponse(503, "Database Error"),
+    ErrorKind.DATABASE: ErrorResponse(500, "Database Error"),
+}
+
+#: Values of the ``postgres_error_format`` application setting.
+ERROR_FORMATS = ("problem+json", "sprockets-postgres")
 
 
 class PostgresHTTPError(web.HTTPError):
@@ -131,6 +157,12 @@ class ApplicationMixin:
         """
         if self.postgres_pool is not None:
             return
+        error_format = self.settings.get("postgres_error_format", ERROR_FORMATS[0])
+        if error_format not in ERROR_FORMATS:
+            raise SettingsError(
+                f"postgres_error_format: expected one of {', '.join(ERROR_FORMATS)},"
+                f" got {error_format!r}"
+            )
         pool = PoolManager(settings=self.postgres_settings())
         if self.settings.get("postgres_prometheus"):
             from pgpool_core import prometheus
@@ -204,10 +236,16 @@ class RequestHandlerMixin:
     """Query helpers for ``tornado.web.RequestHandler`` subclasses (sprockets-postgres names).
 
     Errors go through :meth:`on_postgres_error`, durations through
-    :meth:`on_postgres_timing`; override either to change the behaviour.
+    :meth:`on_postgres_timing`; override either to change the behaviour. The application
+    setting ``postgres_error_format`` picks the answers: ``"problem+json"`` (default,
+    :data:`ERROR_RESPONSES`) or ``"sprockets-postgres"`` (upstream's exact responses,
+    :data:`SPROCKETS_POSTGRES_RESPONSES`).
     """
 
     application: Any
+    #: Where :meth:`on_postgres_error` logs (``pgpool_sprockets`` uses upstream's
+    #: ``sprockets-postgres`` logger).
+    postgres_logger: logging.Logger = LOGGER
 
     async def postgres_execute(
         self,
@@ -216,8 +254,11 @@ class RequestHandlerMixin:
         metric_name: str = "",
         *,
         timeout: Timeout = None,
-    ) -> QueryResult:
-        """Run one statement; ``timeout`` bounds the whole call (waiting included)."""
+    ) -> QueryResult | None:
+        """Run one statement; ``timeout`` bounds the whole call (waiting included).
+
+        Returns None when :meth:`on_postgres_error` returned None for its error (swallowed),
+        as sprockets-postgres does."""
         return await self._postgres_one(sql, parameters, metric_name, timeout, callproc=False)
 
     async def postgres_callproc(
@@ -227,28 +268,37 @@ class RequestHandlerMixin:
         metric_name: str = "",
         *,
         timeout: Timeout = None,
-    ) -> QueryResult:
+    ) -> QueryResult | None:
         """Call a stored function; like :meth:`postgres_execute`."""
         return await self._postgres_one(name, parameters, metric_name, timeout, callproc=True)
 
     async def _postgres_one(
         self, sql: str, parameters: Any, metric_name: str, timeout: Timeout, *, callproc: bool
-    ) -> QueryResult:
+    ) -> QueryResult | None:
         # One statement: the pool's hook-aware fast path, no connector context needed.
         pool: PoolManager | None = self.application.postgres_pool
         if pool is None:
             error = PoolClosedError("the PostgreSQL pool is not started")
             apply_on_error(self.on_postgres_error, "postgres_connector", error)
-            return QueryResult(0, [])  # swallowed by the hook
+            return None  # swallowed by the hook
+        swallowed = False
+
+        def on_error(name: str, exc: Exception) -> Exception | None:
+            nonlocal swallowed
+            replacement = self.on_postgres_error(name, exc)
+            swallowed = replacement is None
+            return replacement
+
         run = pool.callproc if callproc else pool.execute
-        return await run(
+        result = await run(
             sql,
             parameters,
             metric_name=metric_name,
             timeout=timeout,
-            on_error=self.on_postgres_error,
+            on_error=on_error,
             on_duration=self.on_postgres_timing,
         )
+        return None if swallowed else result
 
     @contextlib.asynccontextmanager
     async def postgres_transaction(
@@ -275,11 +325,12 @@ class RequestHandlerMixin:
         carry only the status, title and SQLSTATE. Other exceptions are returned as is.
         """
         kind = classify(exc)
-        response = ERROR_RESPONSES.get(kind)
+        upstream = self.application.settings.get("postgres_error_format") == ERROR_FORMATS[1]
+        response = (SPROCKETS_POSTGRES_RESPONSES if upstream else ERROR_RESPONSES).get(kind)
         if response is None:
             return exc
         first_line = str(exc).strip().split("\n", 1)[0]
-        LOGGER.error(
+        self.postgres_logger.error(
             "%s in %s for %s (%s)",
             type(exc).__name__,
             type(self).__name__,
@@ -287,6 +338,13 @@ class RequestHandlerMixin:
             first_line,
         )
         code = sqlstate(exc)
+        if upstream:  # exactly what sprockets-postgres raised
+            if problemdetails is not None:
+                return cast(
+                    Exception,
+                    problemdetails.Problem(status_code=response.status, title=response.title),
+                )
+            return web.HTTPError(response.status, reason=response.title)
         if problemdetails is not None:
             problem = problemdetails.Problem(
                 status_code=response.status, title=response.title, sqlstate=code
@@ -307,7 +365,10 @@ class RequestHandlerMixin:
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Add ``Retry-After`` to database errors and render :class:`PostgresHTTPError`
-        as a problem document; everything else goes to the next ``write_error``."""
+        (and, without an ``ErrorWriter``, a ``problemdetails.Problem``) as a problem
+        document; everything else goes to the next ``write_error``. With
+        ``postgres_error_format = "sprockets-postgres"`` a Problem is left to the next
+        ``write_error``, as upstream left it."""
         handler = cast(web.RequestHandler, self)
         exc_info = kwargs.get("exc_info")
         error = exc_info[1] if exc_info else None
@@ -321,6 +382,7 @@ class RequestHandlerMixin:
             problemdetails is not None
             and isinstance(error, problemdetails.Problem)
             and not isinstance(self, problemdetails.ErrorWriter)
+            and self.application.settings.get("postgres_error_format") != ERROR_FORMATS[1]
         ):
             document = dict(error.document)  # no ErrorWriter in this handler: render it here
         if document is not None:
