@@ -86,7 +86,7 @@ class TestMissingUrl(SprocketsCase):
 
     def test_missing_url_logs_critical_and_stops_once(self) -> None:
         """No postgres_url: CRITICAL naming the setting, and stop() exactly once."""
-        with self.assertLogs("pgpool.sprockets", "CRITICAL") as logs:
+        with self.assertLogs("sprockets-postgres", "CRITICAL") as logs:
             self.wait_started()
         assert "postgres_url" in logs.output[0]
         assert len(self.stop_calls) == 1
@@ -98,7 +98,7 @@ class TestBadSetting(SprocketsCase):
 
     def test_bad_setting_logs_critical_and_stops_once(self) -> None:
         """A bad setting: CRITICAL naming key and value, stop() once."""
-        with self.assertLogs("pgpool.sprockets", "CRITICAL") as logs:
+        with self.assertLogs("sprockets-postgres", "CRITICAL") as logs:
             self.wait_started()
         assert "postgres_max_pool_size" in logs.output[0]
         assert "'lots'" in logs.output[0]
@@ -116,7 +116,7 @@ class TestWrongPassword(SprocketsCase):
     def test_authentication_failure_logs_critical_and_stops_once(self) -> None:
         """The server refusing the password is a configuration error: CRITICAL, stop once,
         and the password is not in the log."""
-        with self.assertLogs("pgpool.sprockets", "CRITICAL") as logs:
+        with self.assertLogs("sprockets-postgres", "CRITICAL") as logs:
             self.wait_started()
         assert "password authentication failed" in logs.output[0]
         assert "wrong-one" not in "".join(logs.output)
@@ -139,7 +139,7 @@ class TestDatabaseDownAtBoot(SprocketsCase):
 
     def test_keeps_running_with_503_until_the_database_is_back(self) -> None:
         """Unreachable at boot: WARNING, no stop; 503 + Retry-After; 200 once it is back."""
-        with self.assertLogs("pgpool.sprockets", "WARNING") as logs:
+        with self.assertLogs("sprockets-postgres", "WARNING") as logs:
             self.wait_started()
         assert "unavailable at start" in logs.output[0]
         assert self.stop_calls == []

@@ -1090,7 +1090,7 @@ async def test_sprockets_missing_url_stops_the_application(
     """No postgres_url: CRITICAL naming the setting and stop() once; no pool."""
     application, stops = sprockets_app_with_stop_recorded(service="demo")
     loop = asyncio.get_running_loop()
-    with caplog.at_level(logging.CRITICAL, logger="pgpool.sprockets"):
+    with caplog.at_level(logging.CRITICAL, logger="sprockets-postgres"):
         await application._postgres_on_start(application, loop)
     assert "postgres_url" in caplog.records[-1].getMessage()
     assert stops == [(loop,)]
@@ -1106,7 +1106,7 @@ async def test_sprockets_database_down_at_boot_keeps_running(
         postgres_url=URL, postgres_min_pool_size=0
     )
     fake.fail_next = 1000
-    with caplog.at_level(logging.WARNING, logger="pgpool.sprockets"):
+    with caplog.at_level(logging.WARNING, logger="sprockets-postgres"):
         await application._postgres_on_start(application, asyncio.get_running_loop())
     assert "unavailable at start" in caplog.records[-1].getMessage()
     assert stops == []
