@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import psycopg2
 
@@ -13,6 +14,7 @@ from ._bag import Bag, Slot
 from ._config import PoolSettings
 from ._leaks import NoLeakDetector
 from ._metrics import Recorder
+from ._result import QueryResult
 from ._state import PoolState
 from ._statements import Deadline
 from ._timers import DeadlineTimer
@@ -24,7 +26,7 @@ from .errors import (
     TooManyRequestsError,
 )
 
-__all__ = ["Checkout", "WaitQueue"]
+__all__ = ["Checkout", "NotStarted", "WaitQueue", "refusal"]
 
 
 class Checkout:
@@ -106,7 +108,7 @@ class Checkout:
         """
         state = self._state()
         if not state.serving:
-            raise PoolClosedError(f"pool {self._pool_name()} is {state.value}")
+            raise refusal(self._pool_name(), state)
         asked = self._clock()
         if timeout is None:
             slot = await self.take(None, asked)
@@ -159,6 +161,30 @@ class Checkout:
             self._release(slot)
             raise
         return True
+
+
+class NotStarted:
+    """Stands in for the :class:`Checkout` until the pool starts: every request is
+    refused with an error that says how to start it."""
+
+    def __init__(self, pool_name: Callable[[], str]) -> None:
+        self._pool_name = pool_name
+
+    async def take_for(self, timeout: float | None, metric_name: str = "") -> tuple[Slot, Deadline]:
+        raise refusal(self._pool_name(), PoolState.NEW)
+
+    async def refuse(self, *_args: Any, **_kwargs: Any) -> QueryResult:
+        raise refusal(self._pool_name(), PoolState.NEW)
+
+
+def refusal(pool_name: str, state: PoolState) -> PoolClosedError:
+    """Why a pool that is not serving refuses a request."""
+    if state is PoolState.NEW:
+        return PoolClosedError(
+            f"pool {pool_name} is not started: call start() first, or use"
+            " `async with PoolManager(...) as pool`"
+        )
+    return PoolClosedError(f"pool {pool_name} is {state.value}")
 
 
 class WaitQueue:

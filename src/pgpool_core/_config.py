@@ -8,9 +8,11 @@ The URL is read, checked and redacted by :mod:`pgpool_core._redact` (libpq's rea
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +55,13 @@ _KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "enable_uuid": (("postgres_uuid",), ("POSTGRES_UUID",)),
     "application_name": (("postgres_application_name",), ("POSTGRES_APPLICATION_NAME",)),
 }
+
+_MAPPING_KEYS = frozenset(key for keys, _ in _KEYS.values() for key in keys)
+_ENV_NAMES = frozenset(name for _, names in _KEYS.values() for name in names)
+#: Unknown keys already warned about (once per process each).
+_WARNED: set[str] = set()
+
+LOGGER = logging.getLogger("pgpool")
 
 _TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
 _FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
@@ -238,13 +247,24 @@ class PoolSettings:
 
     @classmethod
     def from_mapping(
-        cls, mapping: Mapping[str, Any], env: Mapping[str, str] | None = None, **explicit: Any
+        cls,
+        mapping: Mapping[str, Any],
+        env: Mapping[str, str] | None = None,
+        *,
+        also_known: Iterable[str] = (),
+        **explicit: Any,
     ) -> PoolSettings:
         """Settings from ``postgres_*`` keys (e.g. Tornado settings), then ``POSTGRES_*`` env.
+
+        A ``postgres_*`` key that is no setting (nor in ``also_known``: an adapter's own
+        keys) logs one warning naming the closest valid key, as does a ``POSTGRES_*``
+        variable close to a setting's name (others, such as the ``POSTGRES_PASSWORD`` of
+        the postgres image, are not ours to judge).
 
         :raises SettingsError: naming the key, its source and the bad value.
         """
         env = os.environ if env is None else env
+        _warn_unknown(mapping, env, frozenset(also_known))
         unknown = set(explicit) - set(_KEYS)
         if unknown:
             raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
@@ -260,6 +280,35 @@ class PoolSettings:
                 key, source, raw = found
                 values[name] = _coerce(name, f"{source} {key}", raw)
         return cls(**values)
+
+
+def _warn_unknown(
+    mapping: Mapping[str, Any], env: Mapping[str, str], extra: frozenset[str]
+) -> None:
+    known = _MAPPING_KEYS | extra
+    for key in mapping:
+        if isinstance(key, str) and key.startswith("postgres_") and key not in known:
+            _warn_once(key, "setting", _closest(key, known, 0.6))
+    for name in env:
+        if name.startswith("POSTGRES_") and name not in _ENV_NAMES:
+            close = _closest(name, _ENV_NAMES, 0.85)
+            if close:
+                _warn_once(name, "environment variable", close)
+
+
+def _closest(key: str, known: Iterable[str], cutoff: float) -> list[str]:
+    """The known key most like ``key``, judged on what follows the shared ``postgres_``."""
+    by_rest = {name[len("postgres_") :]: name for name in known}
+    rest = difflib.get_close_matches(key[len("postgres_") :], by_rest, n=1, cutoff=cutoff)
+    return [by_rest[r] for r in rest]
+
+
+def _warn_once(key: str, kind: str, close: list[str]) -> None:
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    LOGGER.warning("unknown %s %r is ignored%s", kind, key, hint)
 
 
 def _first(

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ._bag import Bag, Slot
-from ._checkout import Checkout
+from ._checkout import Checkout, NotStarted
 from ._config import PoolSettings
 from ._connector import AiopgConnector, Connector, TxStatus, UrlSource
 from ._leaks import NoLeakDetector, leak_detector
@@ -130,6 +130,8 @@ class PoolManager:
         self._shutdown: asyncio.Task[None] | None = None
         self._stopping: Shutdown | None = None
         self._tasks = OwnedTasks(lambda: self.name)
+        self._checkout: Checkout | NotStarted = NotStarted(lambda: self.name)
+        self._run_once: Callable[..., Awaitable[QueryResult]] = self._checkout.refuse
         self._down_since: float | None = None
         self._leaks: NoLeakDetector = NoLeakDetector()
         self._canceller = Canceller(
@@ -166,7 +168,9 @@ class PoolManager:
         Lazy by default: starting succeeds while the database is down, and the pool
         connects when it can. ``wait=True`` fails fast instead: it waits (up to
         ``timeout``, default ``connect_timeout``) for a working connection, and on failure
-        stops the pool and raises.
+        stops the pool and raises. On a pool already started (say, by ``async with``),
+        ``wait=True`` is :meth:`wait_ready`: it returns once a connection works, or raises
+        (and leaves the pool running).
 
         :raises SettingsError: no URL configured.
         :raises PoolClosedError: the pool was stopped (pools never reopen).
@@ -174,7 +178,9 @@ class PoolManager:
             database or host, bad URL.
         :raises PoolUnavailableError: (``wait=True``) the database could not be reached.
         """
-        if self._state in (PoolState.OPEN, PoolState.RECONNECTING):
+        if self._state.serving:  # started already: wait means "ready, or raise"
+            if wait:
+                await self.wait_ready(timeout)
             return
         if self._state is not PoolState.NEW:
             raise PoolClosedError(f"pool {self.name} is {self._state.value}; pools do not reopen")
@@ -211,7 +217,7 @@ class PoolManager:
             lambda: self.name,
             self._metrics.leak_detected,
         )
-        self._checkout = Checkout(
+        self._checkout = checkout = Checkout(
             self._bag,
             self._metrics,
             self.settings,
@@ -225,6 +231,7 @@ class PoolManager:
             drop=self._drop,
             release=self._release,
         )
+        self._queue = checkout.queue
         self._run_once = functools.partial(
             run_once, self._tools, self._checkout.take_for, self._release
         )
@@ -311,7 +318,7 @@ class PoolManager:
         assert self._stopping is not None
         await self._stopping.run(self._tasks)
         self._leaks.close()
-        for timers in (self._checkout.queue.timer, self._runner.timers):
+        for timers in (self._queue.timer, self._runner.timers):
             timers.close()
         self._state = transition(self._state, PoolState.CLOSED)
 
@@ -398,7 +405,7 @@ class PoolManager:
         # them sit out their timeouts against a database that just refused us.
         kind = ConfigurationError if isinstance(exc, ConfigurationError) else PoolUnavailableError
         message = f"cannot connect to {self.name}: {self._health.last_error}"
-        self._checkout.queue.fail_arrived_before(cutoff, lambda: kind(message))
+        self._queue.fail_arrived_before(cutoff, lambda: kind(message))
         self._meet_demand()
 
     def _check_out_done(self, slot: Slot, now: float) -> None:

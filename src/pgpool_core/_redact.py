@@ -196,11 +196,14 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 
 
 def first_line(exc: BaseException) -> str:
-    """The message of ``exc`` on one line (``timed out`` for a bare timeout)."""
+    """The message of ``exc`` on one line (``timed out`` for a bare timeout). libpq's
+    lines (the error, then a hint such as "Is the server running ...") are kept apart by
+    ``"; "``, not glued into one sentence."""
     text = str(exc).strip()
     if isinstance(exc, asyncio.TimeoutError) and not text:
         return "timed out"
-    return " ".join(line.strip() for line in text.splitlines()) or type(exc).__name__
+    lines = (line.strip() for line in text.splitlines())
+    return "; ".join(line for line in lines if line) or type(exc).__name__
 
 
 def describe_error(exc: BaseException, secrets: Iterable[str]) -> str:

@@ -10,6 +10,7 @@ import psycopg2.errors
 import pytest
 
 from pgpool_core import (
+    ConfigurationError,
     PoolClosedError,
     PoolManager,
     PoolTimeoutError,
@@ -487,3 +488,26 @@ async def test_usage_is_counted_once_when_a_transaction_is_rolled_back(
         await until(lambda: pool.stats()["pool_available"] == 1)
         assert fake.connections[0].statements[-1] == "ROLLBACK"
         assert pool.stats()["usage_ms"] == 2000
+
+
+async def test_execute_before_start_says_how_to_start(fake: FakeConnector) -> None:
+    """A pool used before start() says so, and how to fix it; nothing is opened."""
+    manager = PoolManager(URL, connector=fake)
+    with pytest.raises(PoolClosedError, match=r"not started: call start\(\) first"):
+        await manager.execute("SELECT 1")
+    assert fake.attempts == 0
+
+
+async def test_start_wait_on_a_started_pool_waits_or_raises(fake: FakeConnector) -> None:
+    """``start(wait=True)`` after a lazy start (e.g. ``async with``) still means "ready or
+    raise": a refused password is not left unnoticed, and the pool stays running."""
+    fake.fail_next = 10
+    # What AiopgConnector raises for it (the fake does not classify driver errors).
+    fake.failure = ConfigurationError('password authentication failed for user "app"')
+    async with PoolManager(URL, connector=fake, min_size=0) as manager:
+        with pytest.raises(ConfigurationError, match="password authentication failed"):
+            await manager.start(wait=True, timeout=1)
+        assert manager.state.value in ("open", "reconnecting")
+        fake.fail_next = 0
+        await manager.start(wait=True, timeout=1)  # ready now: returns
+        assert (await manager.execute("SELECT 1")).row_count == 1

@@ -537,3 +537,19 @@ def test_fuzzed_sprockets_misconfiguration_logs(
     """Fuzzed: every URL that reaches on_start fails as misconfigured (bad URL or unknown
     host) and no log record holds a password fragment."""
     assert not leaked(case, _sprockets_logs(case.url, caplog))
+
+
+def test_libpq_lines_stay_apart_on_one_line() -> None:
+    """libpq's error and its hint are two lines: kept readable, not glued into one
+    sentence (``Connection refused Is the server running``), and still redacted."""
+    from pgpool_core._redact import first_line
+
+    error = psycopg2.OperationalError(
+        'connection to server at "127.0.0.1", port 1 failed: Connection refused\n'
+        "\tIs the server running on that host and accepting TCP/IP connections?\n"
+    )
+    assert first_line(error) == (
+        'connection to server at "127.0.0.1", port 1 failed: Connection refused;'
+        " Is the server running on that host and accepting TCP/IP connections?"
+    )
+    assert first_line(psycopg2.OperationalError("")) == "OperationalError"

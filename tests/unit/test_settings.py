@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 
@@ -196,3 +197,52 @@ def test_invalid_url_error_does_not_leak_the_password() -> None:
     with pytest.raises(SettingsError) as info:
         PoolSettings(url="postgresql://app:s3cret@db:notaport/main")
     assert "s3cret" not in str(info.value)
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("pgpool_core._config._WARNED", set())
+
+
+def test_misspelt_setting_warns_once_naming_the_closest(
+    fresh_warnings: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A typo in a postgres_* key is not silently ignored: one warning, naming the key
+    meant; the valid settings still apply."""
+    mapping = {"postgres_url": "postgresql://db/x", "postgres_max_pool_sise": 5}
+    with caplog.at_level(logging.WARNING, logger="pgpool"):
+        settings = PoolSettings.from_mapping(mapping, env={})
+        PoolSettings.from_mapping(mapping, env={})
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "unknown setting 'postgres_max_pool_sise' is ignored;"
+        " did you mean 'postgres_max_pool_size'?"
+    ]
+    assert settings.max_size == 10
+
+
+def test_misspelt_environment_variable_warns_but_foreign_ones_do_not(
+    fresh_warnings: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = {"POSTGRES_MAX_POOL_SIZ": "5", "POSTGRES_PASSWORD": "x", "POSTGRES_DB": "app"}
+    with caplog.at_level(logging.WARNING, logger="pgpool"):
+        PoolSettings.from_mapping({}, env=env)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "unknown environment variable 'POSTGRES_MAX_POOL_SIZ' is ignored;"
+        " did you mean 'POSTGRES_MAX_POOL_SIZE'?"
+    ]
+
+
+def test_adapter_keys_are_known_to_the_adapter(
+    fresh_warnings: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    mapping = {"postgres_error_format": "problem+json", "postgres_prometheus": True}
+    with caplog.at_level(logging.WARNING, logger="pgpool"):
+        PoolSettings.from_mapping(mapping, env={}, also_known=mapping)
+    assert caplog.records == []
+    with caplog.at_level(logging.WARNING, logger="pgpool"):
+        PoolSettings.from_mapping({"postgres_frobnicate": 1}, env={})
+    assert [r.getMessage() for r in caplog.records] == [
+        "unknown setting 'postgres_frobnicate' is ignored"
+    ]

@@ -107,6 +107,9 @@ SPROCKETS_POSTGRES_RESPONSES: Mapping[ErrorKind, ErrorResponse] = {
 #: Values of the ``postgres_error_format`` application setting.
 ERROR_FORMATS = ("problem+json", "sprockets-postgres")
 
+#: The application settings this adapter reads itself (beside the pool's ``postgres_*``).
+ADAPTER_SETTINGS = ("postgres_error_format", "postgres_prometheus")
+
 
 class PostgresHTTPError(web.HTTPError):
     """The HTTP error for a database failure when tornado-problem-details is absent.
@@ -146,7 +149,7 @@ class ApplicationMixin:
 
         :raises SettingsError: naming the bad key and value.
         """
-        return PoolSettings.from_mapping(self.settings)
+        return PoolSettings.from_mapping(self.settings, also_known=ADAPTER_SETTINGS)
 
     async def postgres_start(self, *, wait: bool = False) -> None:
         """Create and open the pool. Lazy: succeeds with the database down, unless ``wait``.
