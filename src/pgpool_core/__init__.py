@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from ._classify import ErrorKind, classify, sqlstate
-from ._config import PoolSettings, redact_dsn
+from ._config import PoolOptions, PoolSettings, redact_dsn
 from ._connector import AiopgConnector, Connector, DriverConnection, TxStatus, UrlSource
 from ._manager import OnDuration, OnError, PoolManager, PostgresConnector
 from ._metrics import PoolObserver, PoolStatus
@@ -47,6 +47,7 @@ __all__ = [
     "PoolError",
     "PoolManager",
     "PoolObserver",
+    "PoolOptions",
     "PoolSettings",
     "PoolState",
     "PoolStatus",

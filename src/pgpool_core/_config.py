@@ -14,12 +14,12 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from ._redact import redact_dsn, validate_url
 from .errors import SettingsError
 
-__all__ = ["PoolSettings", "redact_dsn"]
+__all__ = ["PoolOptions", "PoolSettings", "redact_dsn"]
 
 # field -> (mapping keys, environment variables), first match wins within a source.
 # The sprockets-postgres names come first; new fields follow the postgres_<field> rule.
@@ -280,6 +280,34 @@ class PoolSettings:
                 key, source, raw = found
                 values[name] = _coerce(name, f"{source} {key}", raw)
         return cls(**values)
+
+
+class PoolOptions(TypedDict, total=False):
+    """The keyword options of ``PoolManager(url, **options)``: every :class:`PoolSettings`
+    field but ``url``, so that editors complete them and type checkers reject a misspelt
+    one (``PoolManager(url, max_sise=5)`` is a type error, and a ``TypeError`` at run
+    time).
+
+    .. versionadded:: 0.2
+    """
+
+    min_size: int
+    max_size: int
+    connect_timeout: float
+    acquire_timeout: float
+    query_timeout: float
+    max_lifetime: float
+    max_idle: float
+    max_waiting: int
+    cancel_timeout: float
+    validate_idle_after: float
+    leak_detection_threshold: float
+    pgbouncer: bool
+    resolve_commits: bool
+    enable_hstore: bool
+    enable_json: bool
+    enable_uuid: bool
+    application_name: str | None
 
 
 def _warn_unknown(

@@ -30,11 +30,14 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from 3.11 on
 
 from ._bag import Bag, Slot
 from ._checkout import Checkout, NotStarted
-from ._config import PoolSettings
+from ._config import PoolOptions, PoolSettings
 from ._connector import AiopgConnector, Connector, TxStatus, UrlSource
 from ._leaks import NoLeakDetector, leak_detector
 from ._metrics import Health, PoolObserver, PoolStatus, Recorder
@@ -104,9 +107,9 @@ class PoolManager:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         jitter: Callable[[], float] | None = None,
-        **options: Any,
+        **options: Unpack[PoolOptions],
     ) -> None:
-        given: dict[str, Any] = dict(options)
+        given: dict[str, Any] = dict(options)  # checked at run time by PoolSettings
         # A callable URL (credential rotation) is evaluated at each connect.
         self._url_source: UrlSource | None = None
         if callable(url):

@@ -246,3 +246,24 @@ def test_adapter_keys_are_known_to_the_adapter(
     assert [r.getMessage() for r in caplog.records] == [
         "unknown setting 'postgres_frobnicate' is ignored"
     ]
+
+
+def test_pool_options_type_every_setting_but_the_url() -> None:
+    """PoolManager's typed keyword options stay in step with PoolSettings' fields."""
+    import typing
+
+    from pgpool_core import PoolOptions
+
+    fields = {f.name: f.type for f in dataclasses.fields(PoolSettings) if f.name != "url"}
+    hints = typing.get_type_hints(PoolOptions)
+    assert list(hints) == list(fields)
+    assert not PoolOptions.__required_keys__
+    settings_hints = typing.get_type_hints(PoolSettings)
+    assert all(hints[name] == settings_hints[name] for name in fields)
+
+
+def test_misspelt_option_is_a_type_error() -> None:
+    from pgpool_core import PoolManager
+
+    with pytest.raises(TypeError, match="max_sise"):
+        PoolManager("postgresql://db/x", max_sise=5)  # type: ignore[call-arg]
