@@ -8,6 +8,7 @@ else against a throwaway PostgreSQL started for it and removed when it stops (Ct
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -166,6 +167,11 @@ def main() -> int:
         app = make_app(**settings)
         LOGGER.info("serving on http://%s:%d (Ctrl-C stops)", HOST, port)
         LoopbackRunner(app).run(port)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        LOGGER.error("port %d on %s is already in use; set PORT to another port", port, HOST)
+        return 1
     finally:
         if throwaway is not None:
             throwaway.close()

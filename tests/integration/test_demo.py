@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pgpool_core.testing import PostgresServer
 from pgpool_core.testing._server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,3 +89,44 @@ def test_readme_curl_examples_against_the_demo_then_ctrl_c(postgres_server: obje
     assert code == 0, rest
     assert "throwaway PostgreSQL removed" in rest
     assert not directory.exists()
+
+
+def _run_demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "demo" / "service.py")],
+        env={**{k: v for k, v in os.environ.items() if k != "POSTGRES_URL"}, **env},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_demo_on_a_taken_port_says_so_in_one_line(postgres_url: str) -> None:
+    """A port in use is one line naming the port and PORT, exit 1, no traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = _run_demo({"PORT": str(port), "POSTGRES_URL": postgres_url})
+    assert done.returncode == 1, done.stderr
+    assert f"port {port} on 127.0.0.1 is already in use; set PORT" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_demo_with_a_refused_password_exits_non_zero(
+    postgres_url: str, postgres_server: PostgresServer
+) -> None:
+    """A password the server refuses: CRITICAL, a clean stop, and exit status 78."""
+    from pgpool_core.testing._server import replace_url
+
+    with postgres_server.connect() as conn, conn.cursor() as cur:
+        cur.execute("DROP ROLE IF EXISTS pgpool_demo_app")
+        cur.execute("CREATE ROLE pgpool_demo_app LOGIN PASSWORD 'the-password'")
+    url = replace_url(postgres_url, user="pgpool_demo_app", password="not-the-password")
+    done = _run_demo({"PORT": str(free_port()), "POSTGRES_URL": url})
+    assert done.returncode == 78, done.stderr
+    assert "PostgreSQL is misconfigured" in done.stderr
+    assert "not-the-password" not in done.stderr + done.stdout

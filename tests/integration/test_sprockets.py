@@ -53,9 +53,20 @@ class SprocketsCase(testing.SprocketsHttpTestCase):
         # on_start callbacks are fire-and-forget; the mixin signals when it is done.
         self.io_loop.run_sync(self.app.postgres_started.wait, timeout=10)
 
+    #: PostgreSQL refused the configuration: the shutdown ends with SystemExit(78).
+    misconfigured = False
+
     def tearDown(self) -> None:
         self.app.stop = self.real_stop  # type: ignore[method-assign]
-        super().tearDown()
+        if not self.misconfigured:
+            super().tearDown()
+            return
+        self.app.stop(self.io_loop, self.shutdown_limit, self.wait_timeout)
+        with pytest.raises(SystemExit) as exited:
+            self.io_loop.start()
+        assert exited.value.code == pgpool_sprockets.EXIT_MISCONFIGURED
+        assert self.app.postgres_pool is None  # the shutdown ran before the exit
+        super(testing.SprocketsHttpTestCase, self).tearDown()
 
 
 class TestLifecycle(SprocketsCase):
@@ -81,6 +92,8 @@ class TestLifecycle(SprocketsCase):
 
 
 class TestMissingUrl(SprocketsCase):
+    misconfigured = True
+
     def app_settings(self) -> dict[str, Any]:
         return {"service": "demo"}
 
@@ -93,6 +106,8 @@ class TestMissingUrl(SprocketsCase):
 
 
 class TestBadSetting(SprocketsCase):
+    misconfigured = True
+
     def app_settings(self) -> dict[str, Any]:
         return {"postgres_url": self.db_url, "postgres_max_pool_size": "lots"}
 
@@ -106,6 +121,8 @@ class TestBadSetting(SprocketsCase):
 
 
 class TestWrongPassword(SprocketsCase):
+    misconfigured = True
+
     def app_settings(self) -> dict[str, Any]:
         with self.server.connect() as conn, conn.cursor() as cur:
             cur.execute("DROP ROLE IF EXISTS pgpool_sprockets_app")
@@ -157,3 +174,54 @@ class TestDatabaseDownAtBoot(SprocketsCase):
         assert codes[-1] == 200
         assert time.monotonic() - healed < 1.5
         assert self.fetch("/status").code == 200
+
+
+APP_SCRIPT = """
+import logging, sys
+import sprockets.http
+from sprockets.http import app
+import pgpool_sprockets
+
+class Application(pgpool_sprockets.ApplicationMixin, app.Application):
+    pass
+
+def make_app(**settings):
+    return Application([], **settings)
+
+sprockets.http.run(
+    make_app,
+    settings={"postgres_url": sys.argv[1], "number_of_procs": 1, "port": 0},
+    log_config={"version": 1, "disable_existing_loggers": False,
+                "handlers": {"err": {"class": "logging.StreamHandler"}},
+                "root": {"handlers": ["err"], "level": "INFO"}},
+)
+print("run() returned", flush=True)
+"""
+
+
+def test_refused_configuration_exits_non_zero(
+    postgres_db_url: str, postgres_server: PostgresServer, tmp_path: Any
+) -> None:
+    """A sprockets.http service whose database refuses the password logs CRITICAL, shuts
+    down cleanly, and the process exits 78 (EX_CONFIG), so a supervisor sees the failure."""
+    import subprocess
+    import sys
+
+    with postgres_server.connect() as conn, conn.cursor() as cur:
+        cur.execute("DROP ROLE IF EXISTS pgpool_exit_app")
+        cur.execute("CREATE ROLE pgpool_exit_app LOGIN PASSWORD 'right-one'")
+    url = replace_url(postgres_db_url, user="pgpool_exit_app", password="wrong-one")
+    script = tmp_path / "service.py"
+    script.write_text(APP_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), url],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == pgpool_sprockets.EXIT_MISCONFIGURED == 78, done.stderr
+    assert "password authentication failed" in done.stderr
+    assert "PostgreSQL is misconfigured, stopping" in done.stderr
+    assert "run() returned" not in done.stdout
+    assert "wrong-one" not in done.stderr + done.stdout

@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_POSTGRES_UUID",
     "ERROR_FORMATS",
     "ERROR_RESPONSES",
+    "EXIT_MISCONFIGURED",
     "LOGGER",
     "SPROCKETS_POSTGRES_RESPONSES",
     "ApplicationMixin",
@@ -86,13 +87,18 @@ OptionalCallable = typing.Optional[typing.Callable]  # type: ignore[type-arg]  #
 #: Seconds the shutdown callback gives queries in flight (sprockets.http allows ~5 s).
 SHUTDOWN_TIMEOUT = 3.0
 
+#: The process exit status after a configuration the database refused (EX_CONFIG): a
+#: supervisor or Kubernetes sees the start failed. sprockets.http's runner exits 70
+#: (EX_SOFTWARE) for a failed ``before_run`` callback.
+EXIT_MISCONFIGURED = 78
+
 
 class ApplicationMixin(_TornadoApplicationMixin):
     """Opens the pool on ``on_start`` and closes it on ``shutdown``.
 
     A missing ``postgres_url`` or a configuration the server refuses (bad setting,
     authentication failure, unknown database or host) logs CRITICAL and stops the
-    application, once. A database that is merely down at boot does not: requests get
+    application, once; the process then exits with :data:`EXIT_MISCONFIGURED` (78), not 0. A database that is merely down at boot does not: requests get
     503 until the pool reconnects.
     """
 
@@ -127,7 +133,36 @@ class ApplicationMixin(_TornadoApplicationMixin):
             self.stop(loop)  # type: ignore[attr-defined]
 
     def _postgres_shutdown(self, *_args: Any) -> Any:
+        if self._postgres_stop_requested:
+            _exit_when_stopped(self.postgres_exit_status)
         return asyncio.ensure_future(self.postgres_stop(SHUTDOWN_TIMEOUT))
+
+    @property
+    def postgres_exit_status(self) -> int:
+        """What the process exits with: :data:`EXIT_MISCONFIGURED` once PostgreSQL refused
+        the configuration at start, else 0."""
+        return EXIT_MISCONFIGURED if self._postgres_stop_requested else 0
+
+
+def _exit_when_stopped(status: int) -> None:
+    """Exit with ``status`` once sprockets.http's shutdown has finished and stops the loop.
+
+    sprockets.http offers no way to report a failed start: its runner returns normally and
+    the process exits 0. So the loop's ``stop()`` is wrapped, for this one shutdown, to
+    raise ``SystemExit(status)`` after stopping: asyncio lets SystemExit through the loop,
+    out of ``sprockets.http.run()``.
+    """
+    from tornado import ioloop
+
+    loop = ioloop.IOLoop.current()
+    stop = loop.stop
+
+    def stop_then_exit() -> None:
+        loop.stop = stop  # type: ignore[method-assign]
+        stop()
+        raise SystemExit(status)
+
+    loop.stop = stop_then_exit  # type: ignore[method-assign]
 
 
 class RequestHandlerMixin(_TornadoRequestHandlerMixin):
