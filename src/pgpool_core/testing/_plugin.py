@@ -13,9 +13,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import psycopg2
+import psycopg2.errors
 import pytest
 
-from ._discovery import HOW_TO_GET_ONE
+from ._discovery import DSN_ENV, HOW_TO_GET_ONE, Source
 from ._pgbouncer import PgBouncer, PgBouncerUnavailable
 from ._proxy import TcpProxy
 from ._server import PostgresServer, start_first_available
@@ -29,15 +31,20 @@ __all__ = [
 ]
 
 FIXTURES = frozenset({"postgres_server", "postgres_url", "postgres_db_url"})
+#: The template of every test database (on a server given by PGPOOL_TEST_DSN, one per
+#: session with a unique suffix, dropped when the session ends).
 TEMPLATE_DB = "pgpool_template"
 
 
 @dataclass
 class Provisioned:
-    """What this session got: a server, or the reasons there is none."""
+    """What this session got: a server, or the reasons there is none; the template that
+    ``postgres_db_url`` copies, or why it could not be made."""
 
     server: PostgresServer | None = None
     problems: list[str] = field(default_factory=list)
+    template: str = TEMPLATE_DB
+    template_problem: str | None = None
 
     def describe(self) -> str:
         if self.server is not None:
@@ -62,7 +69,10 @@ def provision(config: pytest.Config) -> Provisioned:
     config.stash[_KEY] = result
     if server is not None:
         config.add_cleanup(server.close)
-        _create_template(server)
+        if server.source is Source.DSN:  # someone else's server: leave nothing behind
+            result.template = f"{TEMPLATE_DB}_{uuid.uuid4().hex[:8]}"
+            config.add_cleanup(lambda: _drop_database(server, result.template))
+        result.template_problem = _create_template(server, result.template)
     return result
 
 
@@ -70,19 +80,38 @@ def provision(config: pytest.Config) -> Provisioned:
 TEMPLATE_EXTENSIONS = ("hstore", "uuid-ossp")
 
 
-def _create_template(server: PostgresServer) -> None:
-    with server.connect() as conn, conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [TEMPLATE_DB])
-        if cur.fetchone() is not None:
-            return
-        cur.execute(f'CREATE DATABASE "{TEMPLATE_DB}" TEMPLATE template0')
-    with server.connect(TEMPLATE_DB) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT name FROM pg_available_extensions WHERE name = ANY(%s)",
-            [list(TEMPLATE_EXTENSIONS)],
+def _create_template(server: PostgresServer, template: str) -> str | None:
+    """Create the template (once); returns why it could not be, in one line."""
+    try:
+        with server.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [template])
+            if cur.fetchone() is not None:
+                return None
+            cur.execute(f'CREATE DATABASE "{template}" TEMPLATE template0')
+        with server.connect(template) as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT name FROM pg_available_extensions WHERE name = ANY(%s)",
+                [list(TEMPLATE_EXTENSIONS)],
+            )
+            for (name,) in cur.fetchall():
+                cur.execute(f'CREATE EXTENSION IF NOT EXISTS "{name}"')
+    except psycopg2.errors.InsufficientPrivilege:
+        user = urllib.parse.urlsplit(server.url).username or "the role"
+        return (
+            f"postgres_db_url needs the CREATEDB privilege, which {user} of {DSN_ENV} lacks"
+            f" (ALTER ROLE {user} CREATEDB), or use a server the tests may own"
         )
-        for (name,) in cur.fetchall():
-            cur.execute(f'CREATE EXTENSION IF NOT EXISTS "{name}"')
+    except psycopg2.Error as exc:
+        return f"cannot create the template database {template}: {' '.join(str(exc).split())}"
+    return None
+
+
+def _drop_database(server: PostgresServer, name: str) -> None:
+    try:
+        with server.connect() as conn, conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    except psycopg2.Error:
+        pass  # the server is gone or refuses: nothing of ours is left to drop
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -111,6 +140,8 @@ def postgres_server(pytestconfig: pytest.Config) -> PostgresServer:
     result = provision(pytestconfig)
     if result.server is None:
         problems = "; ".join(result.problems)
+        if os.environ.get(DSN_ENV, "").strip():  # the server asked for did not work
+            pytest.fail(f"{DSN_ENV}: {problems}", pytrace=False)
         message = f"no PostgreSQL for the tests: {problems}. To get one: {HOW_TO_GET_ONE}"
         if in_ci():
             pytest.fail(message, pytrace=False)
@@ -125,11 +156,14 @@ def postgres_url(postgres_server: PostgresServer) -> str:
 
 
 @pytest.fixture
-def postgres_db_url(postgres_server: PostgresServer) -> Iterator[str]:
+def postgres_db_url(postgres_server: PostgresServer, pytestconfig: pytest.Config) -> Iterator[str]:
     """A fresh, empty database for this test only (a copy of a template), dropped afterwards."""
+    result = provision(pytestconfig)
+    if result.template_problem is not None:
+        pytest.fail(result.template_problem, pytrace=False)
     name = f"t_{uuid.uuid4().hex[:16]}"
     with postgres_server.connect() as conn, conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+        cur.execute(f'CREATE DATABASE "{name}" TEMPLATE "{result.template}"')
     try:
         yield postgres_server.url_for(name)
     finally:

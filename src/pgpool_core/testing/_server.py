@@ -198,8 +198,20 @@ def replace_url(
     return urllib.parse.urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))
 
 
+#: Connect failures that waiting cannot heal: the server answered and refused us.
+_REFUSALS = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",
+    "no password supplied",
+    "permission denied",
+)
+
+
 def _wait_until_accepting(url: str, timeout: float) -> None:
-    """Block until the server answers a real query, or raise with the last error."""
+    """Block until the server answers a real query, or raise with the last error. A
+    refusal (authentication, unknown role or database) raises at once: retrying it for
+    ``timeout`` would only delay the same answer."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     delay = 0.02
@@ -208,6 +220,9 @@ def _wait_until_accepting(url: str, timeout: float) -> None:
             conn = psycopg2.connect(url, connect_timeout=5)
         except psycopg2.OperationalError as exc:
             last = exc
+            message = " ".join(str(exc).split())
+            if any(refusal in message for refusal in _REFUSALS):
+                raise ServerStartError(f"the server refused the connection: {message}") from None
         else:
             conn.close()
             return

@@ -98,8 +98,9 @@ class ApplicationMixin(_TornadoApplicationMixin):
 
     A missing ``postgres_url`` or a configuration the server refuses (bad setting,
     authentication failure, unknown database or host) logs CRITICAL and stops the
-    application, once; the process then exits with :data:`EXIT_MISCONFIGURED` (78), not 0. A database that is merely down at boot does not: requests get
-    503 until the pool reconnects.
+    application, once; the process then exits with :data:`EXIT_MISCONFIGURED` (78), not
+    0. A database that is merely down at boot does not: requests get 503 until the pool
+    reconnects.
     """
 
     runner_callbacks: dict[str, list[Any]]
