@@ -92,6 +92,11 @@ def test_source_env_restricts_and_skips_the_docker_probe() -> None:
     assert "docker" not in calls.asked
 
 
+def test_docker_is_another_name_for_testcontainers() -> None:
+    plans, _ = plan_sources({"PGPOOL_TEST_SOURCE": "docker"}, Calls().probes())
+    assert [p.source for p in plans] == [Source.TESTCONTAINERS]
+
+
 def test_unknown_source_name_is_a_clear_error() -> None:
     """A typo in PGPOOL_TEST_SOURCE names the variable and the bad value."""
     with pytest.raises(ValueError, match=r"PGPOOL_TEST_SOURCE='lokal'.*lokal"):

@@ -131,6 +131,7 @@ def _wanted_sources(raw: str) -> list[Source]:
     if not names:
         return order
     by_name = {source.value: source for source in order}
+    by_name["docker"] = Source.TESTCONTAINERS  # what the source needs, for those who think so
     unknown = [name for name in names if name not in by_name]
     if unknown:
         raise ValueError(
