@@ -38,11 +38,43 @@ def main(directory: str) -> int:
     plugin = parser.get("pytest11", "pgpool", fallback=None)
     if plugin != PYTEST_PLUGIN:
         problems.append(f"the pytest11 entry point pgpool is {plugin!r}, not {PYTEST_PLUGIN!r}")
+    problems.extend(_metadata_problems(wheels[0], names))
     for problem in problems:
         print("wheel:", problem)
     if not problems:
         print(f"wheel ok: {wheels[0].name}, {len(names)} files")
     return 1 if problems else 0
+
+
+#: What publishing needs in METADATA: the license as declared and its file, the versions
+#: supported, and the README as the long description.
+REQUIRED_METADATA = (
+    "License-Expression: BSD-3-Clause",
+    "License-File: LICENSE",
+    "Classifier: Programming Language :: Python :: 3.10",
+    "Classifier: Programming Language :: Python :: 3.13",
+    "Description-Content-Type: text/markdown",
+)
+
+
+def _metadata_problems(wheel: Path, names: list[str]) -> list[str]:
+    metadata = [n for n in names if n.endswith(".dist-info/METADATA")]
+    if len(metadata) != 1:
+        return [f"{len(metadata)} METADATA files"]
+    text = zipfile.ZipFile(wheel).read(metadata[0]).decode()
+    problems = [f"METADATA lacks {line!r}" for line in REQUIRED_METADATA if line not in text]
+    if not any(n.endswith(".dist-info/licenses/LICENSE") for n in names):
+        problems.append("the LICENSE file is not in the wheel")
+    elif (
+        "BSD 3-Clause License"
+        not in zipfile.ZipFile(wheel)
+        .read(next(n for n in names if n.endswith(".dist-info/licenses/LICENSE")))
+        .decode()
+    ):
+        problems.append("LICENSE is not the BSD 3-Clause text")
+    if "## The throwaway PostgreSQL for tests" not in text:
+        problems.append("the README is not the long description")
+    return problems
 
 
 if __name__ == "__main__":
