@@ -33,7 +33,10 @@ class Application(ApplicationMixin, web.Application):
 
 
 class Handler(RequestHandlerMixin, web.RequestHandler):
-    def send(self, result: QueryResult) -> None:
+    def send(self, result: QueryResult | None) -> None:
+        if result is None:  # swallowed by on_postgres_error, as in sprockets-postgres
+            self.write({"result": None})
+            return
         self.write({"row_count": result.row_count, "rows": result.rows, "row": result.row})
 
 
@@ -352,12 +355,13 @@ async def test_server_stopped_is_503_with_retry_after_then_recovers(
 async def test_on_error_none_swallows_and_an_exception_is_raised(
     app_and_client: tuple[Application, Client],
 ) -> None:
-    """on_postgres_error returning None swallows (empty result); returning an exception
+    """on_postgres_error returning None swallows (postgres_execute returns None, as in
+    sprockets-postgres); returning an exception
     raises that one."""
     _, call = app_and_client
     swallowed = await call("/swallow")
     assert swallowed.code == 200
-    assert json.loads(swallowed.body) == {"row_count": 0, "rows": [], "row": None}
+    assert json.loads(swallowed.body) == {"result": None}
     teapot = await call("/teapot")
     assert (teapot.code, teapot.reason) == (418, "custom for divide")
 
