@@ -356,8 +356,7 @@ async def test_on_error_none_swallows_and_an_exception_is_raised(
     app_and_client: tuple[Application, Client],
 ) -> None:
     """on_postgres_error returning None swallows (postgres_execute returns None, as in
-    sprockets-postgres); returning an exception
-    raises that one."""
+    sprockets-postgres); returning an exception raises that one."""
     _, call = app_and_client
     swallowed = await call("/swallow")
     assert swallowed.code == 200
