@@ -143,6 +143,9 @@ class Checkout:
             # sat idle: prove it alive before handing it out.
             if await self._alive(slot, wait_until):
                 return slot
+            state = self._state()
+            if not state.serving:  # stop() began during the ping: no waiter would be served
+                raise refusal(self._pool_name(), state)
             now = self._clock()
         return await self.queue.wait(wait_until, wait)
 

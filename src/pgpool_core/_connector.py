@@ -131,6 +131,25 @@ class Connector(Protocol):
     async def connect(self, timeout: float) -> DriverConnection: ...
 
 
+class _PooledCursor:
+    """An ``aiopg.Cursor`` shared with the pool's own statements: before each use it drops
+    the finished waiter the pool's last statement left on the aiopg connection (aiopg
+    would take it for a statement still running). Everything else is the cursor's."""
+
+    __slots__ = ("_connection", "_cursor")
+
+    def __init__(self, cursor: aiopg.Cursor, connection: AiopgConnection) -> None:
+        self._cursor = cursor
+        self._connection = connection
+
+    def __getattr__(self, name: str) -> Any:
+        self._connection.handle  # noqa: B018 - the property clears a finished waiter
+        return getattr(self._cursor, name)
+
+    def __repr__(self) -> str:
+        return f"<pooled {self._cursor!r}>"
+
+
 class AiopgConnection:
     """A :class:`DriverConnection` over an aiopg connection and one reused psycopg2 cursor."""
 
@@ -158,10 +177,10 @@ class AiopgConnection:
             self._conn._waiter = None
         return self._conn
 
-    def dict_cursor(self, timeout: float) -> aiopg.Cursor:
+    def dict_cursor(self, timeout: float) -> _PooledCursor:
         conn = self.handle
         impl = self._raw.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
-        return aiopg.Cursor(conn, impl, timeout, conn.echo)
+        return _PooledCursor(aiopg.Cursor(conn, impl, timeout, conn.echo), self)
 
     def send(
         self, sql: str, params: Any, *, callproc: bool = False, keep: bool = False

@@ -141,7 +141,6 @@ class PoolManager:
             self.settings.cancel_timeout, self.settings.max_size + 2, self.name
         )
         self._metrics = Recorder(self)
-        self._counters = self._metrics.counters
         self._health = Health(self._now)
 
     def __repr__(self) -> str:
@@ -182,7 +181,7 @@ class PoolManager:
         :raises PoolUnavailableError: (``wait=True``) the database could not be reached.
         """
         if self._state.serving:  # started already: wait means "ready, or raise"
-            if wait:
+            if wait and not self.is_available:
                 await self.wait_ready(timeout)
             return
         if self._state is not PoolState.NEW:
@@ -235,6 +234,15 @@ class PoolManager:
             release=self._release,
         )
         self._queue = checkout.queue
+        self._reconnect = functools.partial(
+            reconnect,
+            self._retry,
+            sleep=self._sleep,
+            rand=random.random,
+            down=lambda: self._state is PoolState.RECONNECTING,
+            reserve=self._bag.reserve_connect,
+            attempt=lambda: self._connect_one(self._bag.arrivals),
+        )
         self._run_once = functools.partial(
             run_once, self._tools, self._checkout.take_for, self._release
         )
@@ -259,12 +267,15 @@ class PoolManager:
         :raises ConfigurationError: the server refused the configuration (authentication,
             unknown database or host...).
         :raises PoolUnavailableError: the database could not be reached.
+        :raises PoolTimeoutError: the database answers but no connection came free.
         """
         bound = self.settings.connect_timeout if timeout is None else timeout
         try:
             async with self._holding(bound):
                 pass
         except PoolTimeoutError:
+            if self._health.healthy:
+                raise  # every connection busy, the database fine: not "unreachable"
             raise PoolUnavailableError(
                 f"pool {self.name}: no connection within {bound:.3f} s"
                 f" (last error: {self._health.last_error or 'none'})"
@@ -348,16 +359,6 @@ class PoolManager:
         for _ in range(self._bag.plan_connects()):
             self._tasks.connect(self._connect_one(self._bag.arrivals))
 
-    async def _reconnect(self) -> None:
-        await reconnect(
-            self._retry,
-            sleep=self._sleep,
-            rand=random.random,
-            down=lambda: self._state is PoolState.RECONNECTING,
-            reserve=self._bag.reserve_connect,
-            attempt=lambda: self._connect_one(self._bag.arrivals),
-        )
-
     async def _connect_one(self, cutoff: int) -> bool:
         """One connect (the bag already counts it as opening); the connection goes to the
         oldest waiter or the idle list. ``cutoff``: arrivals before it."""
@@ -430,7 +431,7 @@ class PoolManager:
             slot.conn.close()
         self._bag.forget()
         if bad:
-            self._counters.returns_bad += 1
+            self._metrics.counters.returns_bad += 1
         self._meet_demand()
 
     def _drop(self, slot: Slot) -> None:
@@ -439,14 +440,13 @@ class PoolManager:
         if slot in self._bag.busy:
             self._check_out_done(slot, self._now())
         if slot.conn.closed:
-            self._counters.connections_lost += 1
+            self._metrics.counters.connections_lost += 1
         self._discard(slot, bad=False)
 
     def _unreachable(self) -> str | None:
         """While reconnecting, the last connect error (what a request that gives up hears)."""
-        if self._state is not PoolState.RECONNECTING:
-            return None
-        return self._health.last_error or "no connection yet"
+        reconnecting = self._state is PoolState.RECONNECTING
+        return (self._health.last_error or "no connection yet") if reconnecting else None
 
     def _lost(self, error: BaseException) -> None:
         """A connection died under a statement: not healthy until the next success."""
@@ -463,7 +463,7 @@ class PoolManager:
         retired = self._bag.failover(slot.generation, self._now())
         if retired is None:
             return
-        self._counters.failovers += 1
+        self._metrics.counters.failovers += 1
         LOGGER.warning(
             "pool %s: write on a read-only server (SQLSTATE 25006); reconnecting %d connection(s)",
             self.name,
@@ -648,7 +648,7 @@ class PoolManager:
             "pool_size": bag.open,
             "pool_available": len(bag.idle),
             "requests_waiting": len(bag.waiters),
-            **self._counters.as_dict(),
+            **self._metrics.counters.as_dict(),
         }
 
     async def status(self) -> PoolStatus:

@@ -208,15 +208,18 @@ class PostgresConnector:
 
         .. versionadded:: 0.2
         """
+        self._check_usable("", callproc=True)
         if self._cursor is None:
-            self._check_usable("", callproc=True)
             remaining = max(self._deadline.remaining(self._tools.clock()), 0.001)
             self._cursor = self._slot.conn.dict_cursor(remaining)
         return self._cursor
 
     def end(self) -> None:
-        """The checkout is over: any later use of this connector is refused."""
+        """The checkout is over: any later use of this connector is refused, and its
+        cursor is closed (as sprockets-postgres closed it at the end of the block)."""
         self._done = True
+        if self._cursor is not None:
+            self._cursor.close()
 
     async def execute(
         self,

@@ -8,10 +8,11 @@ import json
 import types
 from typing import Any
 
+import psycopg2
 import pytest
 from sprockets.http import testing
 
-from pgpool_core import PoolManager
+from pgpool_core import PoolManager, TransactionUsageError
 
 from db_support import database_of
 
@@ -117,9 +118,31 @@ async def test_connector_cursor_is_an_aiopg_cursor_with_dict_rows(postgres_db_ur
         assert status.rows == []  # one connection: nothing else, nothing idle in transaction
 
 
-async def test_cursor_after_the_block_is_refused(postgres_db_url: str) -> None:
-    async with PoolManager(postgres_db_url, min_size=0, max_size=1) as pool:
+async def test_cursor_mixes_with_the_connectors_own_statements(postgres_db_url: str) -> None:
+    """The pool's statements leave nothing that blocks the cursor, and back."""
+    async with (
+        PoolManager(postgres_db_url, min_size=1, max_size=1) as pool,
+        pool.connector() as connector,
+    ):
+        cursor = connector.cursor
+        await connector.execute("SELECT 2")
+        await cursor.execute("SELECT 3 AS x")
+        assert await cursor.fetchone() == {"x": 3}
+        assert (await connector.execute("SELECT 4 AS y")).row == {"y": 4}
+        await connector.cursor.execute("SELECT 5 AS z")
+        assert await connector.cursor.fetchall() == [{"z": 5}]
+
+
+async def test_cursor_after_the_block_is_closed(postgres_db_url: str) -> None:
+    """A cursor kept past its block cannot run anything on the connection, which now
+    belongs to the pool (or to another request): it is closed, as upstream closed it."""
+    async with PoolManager(postgres_db_url, min_size=1, max_size=1) as pool:
+        await pool.execute("CREATE TABLE t (id int)")
         async with pool.connector() as connector:
-            pass
-        with pytest.raises(Exception, match="block has ended"):
+            stale = connector.cursor
+        with pytest.raises(psycopg2.InterfaceError, match="cursor already closed"):
+            await stale.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(TransactionUsageError, match="block has ended"):
             _ = connector.cursor
+        assert (await pool.execute("SELECT count(*) AS n FROM t")).row == {"n": 0}
+        assert pool.stats()["pool_available"] == 1

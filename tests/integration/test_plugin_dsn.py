@@ -101,3 +101,17 @@ def test_createdb_role_leaves_nothing_behind(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout
     assert _databases(postgres_server) == before
+
+
+def test_malformed_dsn_password_stays_out_of_the_failure(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """libpq quotes a bad percent-escape back, password included: the failure that
+    reaches the user's terminal has it masked."""
+    url = _role(postgres_server, "pgpool_bad_dsn").replace("pw-pgpool_bad_dsn", "se%zzkret9")
+    done, _ = _run_child(tmp_path, url)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "invalid percent-encoded token" in output
+    assert "zzkret9" not in output
+    assert "se%zz" not in output

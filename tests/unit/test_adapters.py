@@ -176,6 +176,16 @@ class PassThroughHandler(RunHandler):
             )
 
 
+class UpstreamStyleHandler(RunHandler):
+    """An override written for sprockets-postgres: it calls super() for its side effect
+    and returns nothing, relying on upstream's on_postgres_error raising."""
+
+    def on_postgres_error(self, metric_name: str, exc: Exception) -> Exception | None:
+        self.application.errors_seen.append((metric_name, type(exc).__name__))
+        super().on_postgres_error(metric_name, exc)
+        return None
+
+
 class TeapotHandler(RunHandler):
     def on_postgres_error(self, metric_name: str, exc: Exception) -> Exception | None:
         return web.HTTPError(418, reason=f"custom for {metric_name}")
@@ -274,6 +284,7 @@ ROUTES: list[Any] = [
     (r"/replace/(\w+)", ReplaceHandler),
     (r"/pass-through/(\w+)", PassThroughHandler),
     (r"/teapot/(\w+)", TeapotHandler),
+    (r"/upstream-style/(\w+)", UpstreamStyleHandler),
     (r"/recording/(\w+)", RecordingHandler),
     (r"/recording-tx/(\w+)", RecordingTxHandler),
     (r"/influx/(\w+)", InfluxHandler),
@@ -651,21 +662,37 @@ async def test_error_writer_handler_renders_the_same_problem(
     assert SECRET not in response.body.decode()
 
 
-def test_sprockets_postgres_responses_table() -> None:
-    """sprockets-postgres 1.8.1's answers: one title for every way of not getting a
-    connection, conflicts as its OperationalError, no Retry-After anywhere."""
-    assert dict(SPROCKETS_POSTGRES_RESPONSES) == {
-        ErrorKind.CONNECTION_FAILURE: ErrorResponse(503, "Database Connection Error"),
-        ErrorKind.UNAVAILABLE: ErrorResponse(503, "Database Connection Error"),
-        ErrorKind.POOL_EXHAUSTED: ErrorResponse(503, "Database Connection Error"),
-        ErrorKind.QUERY_TIMEOUT: ErrorResponse(500, "Query Timeout"),
-        ErrorKind.UNIQUE_VIOLATION: ErrorResponse(409, "Unique Violation"),
-        ErrorKind.FOREIGN_KEY_VIOLATION: ErrorResponse(409, "Foreign Key Violation"),
-        ErrorKind.TRANSACTION_CONFLICT: ErrorResponse(503, "Database Error"),
-        ErrorKind.COMMIT_UNKNOWN: ErrorResponse(500, "Transaction Outcome Unknown"),
-        ErrorKind.OPERATIONAL: ErrorResponse(503, "Database Error"),
-        ErrorKind.DATABASE: ErrorResponse(500, "Database Error"),
-    }
+#: What sprockets-postgres 1.8.1's on_postgres_error answered for each case, from its
+#: isinstance chain: ConnectionException, asyncio.TimeoutError, ForeignKeyViolation,
+#: UniqueViolation, OperationalError, psycopg2.Error.
+UPSTREAM_ANSWERS: dict[str, tuple[int, str]] = {
+    "unique_violation": (409, "Unique Violation"),
+    "foreign_key_violation": (409, "Foreign Key Violation"),
+    "serialization_failure": (503, "Database Error"),  # an OperationalError
+    "deadlock": (503, "Database Error"),
+    "division_by_zero": (500, "Database Error"),
+    "disk_full": (503, "Database Error"),
+    "admin_shutdown": (503, "Database Error"),
+    "operational_error_without_sqlstate": (503, "Database Error"),
+    "connection_dropped_mid_statement": (503, "Database Error"),
+    "server_statement_timeout": (503, "Database Error"),  # QueryCanceled: an OperationalError
+    "client_query_timeout": (500, "Query Timeout"),
+    "connect_refused": (503, "Database Connection Error"),
+    "acquire_timeout": (503, "Database Connection Error"),
+    "max_waiting": (503, "Database Connection Error"),
+    "pool_not_started": (503, "Database Connection Error"),
+    "error_in_transaction": (409, "Unique Violation"),
+    "rolled_back_after_a_caught_error": (409, "Unique Violation"),
+    "commit_unknown": (500, "Transaction Outcome Unknown"),  # ours: no upstream counterpart
+}
+
+
+def test_upstream_answers_cover_every_case() -> None:
+    assert set(UPSTREAM_ANSWERS) == set(CASES)
+    assert {(r.status, r.title) for r in SPROCKETS_POSTGRES_RESPONSES.values()} == set(
+        UPSTREAM_ANSWERS.values()
+    )
+    assert all(r.retry_after is None for r in SPROCKETS_POSTGRES_RESPONSES.values())
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -677,14 +704,14 @@ async def test_sprockets_postgres_error_format_answers_as_upstream(
     nothing of the statement in the body."""
     monkeypatch.setattr("pgpool_tornado._mixins.problemdetails", None)
     case = CASES[name]
-    expected = SPROCKETS_POSTGRES_RESPONSES[case.kind]
+    status, title = UPSTREAM_ANSWERS[name]
     s = await serve(postgres_error_format="sprockets-postgres", **case.settings)
     response = await case.run(s)
-    assert (response.code, response.reason) == (expected.status, expected.title)
+    assert (response.code, response.reason) == (status, title)
     assert response.headers["Content-Type"].startswith("text/html")
     assert retry_after(response) is None
     body = response.body.decode()
-    assert f"{expected.status}: {expected.title}" in body
+    assert f"{status}: {title}" in body
     for leak in (SECRET, "s3cret", "SELECT", "INSERT", "COMMIT", "Key (id)"):
         assert leak not in body
 
@@ -747,6 +774,19 @@ async def test_hook_returning_none_swallows_statement_errors(serve: Serve) -> No
     no_pool = await s("/swallow/nopool")
     assert (no_pool.code, json.loads(no_pool.body)) == (200, empty)
     assert s.statements() == [statement_for("div")]  # neither later request sent anything
+
+
+@pytest.mark.parametrize("error_format", ["problem+json", "sprockets-postgres"])
+async def test_upstream_style_override_calling_super_still_raises(
+    error_format: str, serve: Serve
+) -> None:
+    """The default on_postgres_error raises, as upstream's did: an override that calls it
+    without returning its value does not swallow the error (a 200 with no result)."""
+    s = await serve(postgres_error_format=error_format)
+    s.fake.on(r"secret_table_dup\b", error=duplicate())
+    response = await s("/upstream-style/dup")
+    assert response.code == 409
+    assert s.app.errors_seen == [("dup", "UniqueViolation")]
 
 
 async def test_hook_returning_none_never_swallows_a_transaction_outcome(serve: Serve) -> None:

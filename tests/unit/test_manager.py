@@ -511,3 +511,40 @@ async def test_start_wait_on_a_started_pool_waits_or_raises(fake: FakeConnector)
         fake.fail_next = 0
         await manager.start(wait=True, timeout=1)  # ready now: returns
         assert (await manager.execute("SELECT 1")).row_count == 1
+
+
+async def test_stop_during_the_checkout_ping_fails_the_request(fake: FakeConnector) -> None:
+    """A request whose check-out ping fails after stop() began is refused at once; it is
+    not queued after stop() failed every waiter (where nothing would ever serve or expire
+    it)."""
+    gate = asyncio.Event()
+    manager = PoolManager(
+        URL, connector=fake, min_size=1, max_size=1, validate_idle_after=0, acquire_timeout=1
+    )
+    await manager.start(wait=True)
+    fake.on(r"^SELECT 1$", error=psycopg2.OperationalError("server closed the connection"),
+            gate=gate)  # fmt: skip
+    request = asyncio.create_task(manager.execute("SELECT 2"))
+    await until(lambda: fake.connections[0].statements[-1:] == ["SELECT 1"])
+    stopping = asyncio.create_task(manager.stop(5))
+    await until(lambda: manager.state.value == "closing")
+    gate.set()
+    with pytest.raises(PoolClosedError, match="closing"):
+        await asyncio.wait_for(request, 1)
+    await stopping
+    assert manager.state.value == "closed"
+    assert all(conn.closed for conn in fake.connections)
+
+
+async def test_start_wait_on_a_busy_healthy_pool_does_not_call_it_unreachable(
+    fake: FakeConnector,
+) -> None:
+    """Every connection busy and the database fine: start(wait=True) returns (the pool
+    is ready), and wait_ready() times out as busy, never as "cannot be reached"."""
+    async with (
+        PoolManager(URL, connector=fake, min_size=1, max_size=1) as manager,
+        manager.connector(),
+    ):
+        await asyncio.wait_for(manager.start(wait=True, timeout=0.05), 1)
+        with pytest.raises(PoolTimeoutError):
+            await manager.wait_ready(timeout=0.05)

@@ -255,8 +255,14 @@ class FakeCursor:
         self.timeout = timeout
         self._rows: list[dict[str, Any]] = []
         self.rowcount = -1
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
     async def execute(self, operation: str, parameters: Any = None) -> None:
+        if self.closed:
+            raise psycopg2.InterfaceError("cursor already closed")
         await self.connection.send(operation, parameters)
         result = self.connection.result()
         self._rows, self.rowcount = list(result.rows), result.row_count

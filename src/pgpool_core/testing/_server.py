@@ -25,6 +25,8 @@ from typing import Any, Protocol
 import psycopg2
 import psycopg2.extensions
 
+from pgpool_core._redact import passwords_in, scrub
+
 from ._discovery import (
     Probes,
     Source,
@@ -529,6 +531,7 @@ def start_first_available(
     for plan in plans:
         try:
             return start_server(plan), problems
-        except Exception as exc:  # try the next source, keep the reason
-            problems.append(f"{plan.source.value}: {exc}")
+        except Exception as exc:  # try the next source, keep the reason (without secrets)
+            secrets = passwords_in(plan.dsn) if plan.dsn else set()
+            problems.append(scrub(f"{plan.source.value}: {exc}", secrets))
     return None, problems

@@ -13,9 +13,14 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
 from tornado import web
 
 from pgpool_core import (
+    CommitUnknownError,
+    ConnectionException,
     ErrorKind,
     OnDuration,
     OnError,
@@ -25,7 +30,9 @@ from pgpool_core import (
     PoolSettings,
     PostgresConnector,
     QueryResult,
+    QueryTimeoutError,
     SettingsError,
+    TransactionRolledBackError,
     classify,
     sqlstate,
 )
@@ -85,24 +92,52 @@ ERROR_RESPONSES: Mapping[ErrorKind, ErrorResponse] = {
     ErrorKind.DATABASE: ErrorResponse(500, "Database Error"),
 }
 
-#: sprockets-postgres 1.8.1's answers, for ``postgres_error_format = "sprockets-postgres"``:
-#: every way of not getting a connection is 503 "Database Connection Error", a
-#: serialization failure or deadlock is an OperationalError there (503 "Database Error"),
-#: no ``Retry-After``, and the body is Tornado's HTML error page (or the
-#: ``problemdetails.Problem`` when tornado-problem-details is installed). A COMMIT whose
-#: outcome is unknown has no upstream counterpart and keeps its own answer.
-SPROCKETS_POSTGRES_RESPONSES: Mapping[ErrorKind, ErrorResponse] = {
-    ErrorKind.CONNECTION_FAILURE: ErrorResponse(503, "Database Connection Error"),
-    ErrorKind.UNAVAILABLE: ErrorResponse(503, "Database Connection Error"),
-    ErrorKind.POOL_EXHAUSTED: ErrorResponse(503, "Database Connection Error"),
-    ErrorKind.QUERY_TIMEOUT: ErrorResponse(500, "Query Timeout"),
-    ErrorKind.UNIQUE_VIOLATION: ErrorResponse(409, "Unique Violation"),
-    ErrorKind.FOREIGN_KEY_VIOLATION: ErrorResponse(409, "Foreign Key Violation"),
-    ErrorKind.TRANSACTION_CONFLICT: ErrorResponse(503, "Database Error"),
-    ErrorKind.COMMIT_UNKNOWN: ErrorResponse(500, "Transaction Outcome Unknown"),
-    ErrorKind.OPERATIONAL: ErrorResponse(503, "Database Error"),
-    ErrorKind.DATABASE: ErrorResponse(500, "Database Error"),
+#: sprockets-postgres 1.8.1's answers, for ``postgres_error_format = "sprockets-postgres"``,
+#: by the class of failure its ``on_postgres_error`` tested for, in its order (see
+#: :func:`sprockets_postgres_response`): no ``Retry-After``, and the body is Tornado's HTML
+#: error page (or the ``problemdetails.Problem`` when tornado-problem-details is
+#: installed). A COMMIT whose outcome is unknown has no upstream counterpart (upstream
+#: reported it as a connection error, inviting a retry that may apply it twice) and keeps
+#: its own answer.
+SPROCKETS_POSTGRES_RESPONSES: Mapping[str, ErrorResponse] = {
+    "connection": ErrorResponse(503, "Database Connection Error"),
+    "timeout": ErrorResponse(500, "Query Timeout"),
+    "foreign_key": ErrorResponse(409, "Foreign Key Violation"),
+    "unique": ErrorResponse(409, "Unique Violation"),
+    "operational": ErrorResponse(503, "Database Error"),
+    "database": ErrorResponse(500, "Database Error"),
+    "commit_unknown": ErrorResponse(500, "Transaction Outcome Unknown"),
 }
+
+
+def sprockets_postgres_response(exc: BaseException) -> ErrorResponse | None:
+    """The answer sprockets-postgres 1.8.1 gave for the failure behind ``exc``: its
+    ``isinstance`` chain, in its order, applied to what it would have seen (the statement
+    error behind a :class:`~pgpool_core.TransactionRolledBackError`, the server's
+    ``QueryCanceled`` behind a server-side :class:`~pgpool_core.QueryTimeoutError`).
+    None for what it did not map (re-raised as is)."""
+    if isinstance(exc, TransactionRolledBackError) and exc.first_error is not None:
+        return sprockets_postgres_response(exc.first_error)
+    if isinstance(exc, CommitUnknownError):
+        return SPROCKETS_POSTGRES_RESPONSES["commit_unknown"]
+    if isinstance(exc, QueryTimeoutError) and isinstance(
+        exc.__cause__, psycopg2.extensions.QueryCanceledError
+    ):
+        exc = exc.__cause__  # the server's statement_timeout: an OperationalError upstream
+    for kind, matches in _UPSTREAM_CHAIN:
+        if isinstance(exc, matches):
+            return SPROCKETS_POSTGRES_RESPONSES[kind]
+    return None
+
+
+_UPSTREAM_CHAIN: tuple[tuple[str, type[BaseException] | tuple[type[BaseException], ...]], ...] = (
+    ("connection", (ConnectionException, TransactionRolledBackError)),
+    ("timeout", TimeoutError),
+    ("foreign_key", psycopg2.errors.ForeignKeyViolation),
+    ("unique", psycopg2.errors.UniqueViolation),
+    ("operational", psycopg2.OperationalError),
+    ("database", psycopg2.Error),
+)
 
 #: Values of the ``postgres_error_format`` application setting.
 ERROR_FORMATS = ("problem+json", "sprockets-postgres")
@@ -320,16 +355,19 @@ class RequestHandlerMixin:
                 yield connector
 
     def on_postgres_error(self, metric_name: str, exc: Exception) -> Exception | None:
-        """Map a database failure to the HTTP error to raise (return None to swallow).
+        """Raise the HTTP error for a database failure (an override may instead return an
+        exception to raise, or None to swallow).
 
         The kind comes from :func:`pgpool_core.classify`; :data:`ERROR_RESPONSES` gives
         the status, title and ``Retry-After``. With tornado-problem-details installed the
         error is a ``problemdetails.Problem``, else a :class:`PostgresHTTPError`; both
         carry only the status, title and SQLSTATE. Other exceptions are returned as is.
+        Like sprockets-postgres, it raises rather than returns.
         """
-        kind = classify(exc)
         upstream = self.application.settings.get("postgres_error_format") == ERROR_FORMATS[1]
-        response = (SPROCKETS_POSTGRES_RESPONSES if upstream else ERROR_RESPONSES).get(kind)
+        response = (
+            sprockets_postgres_response(exc) if upstream else ERROR_RESPONSES.get(classify(exc))
+        )
         if response is None:
             return exc
         first_line = str(exc).strip().split("\n", 1)[0]
@@ -341,20 +379,22 @@ class RequestHandlerMixin:
             first_line,
         )
         code = sqlstate(exc)
+        error: Exception
         if upstream:  # exactly what sprockets-postgres raised
             if problemdetails is not None:
-                return cast(
-                    Exception,
-                    problemdetails.Problem(status_code=response.status, title=response.title),
-                )
-            return web.HTTPError(response.status, reason=response.title)
-        if problemdetails is not None:
-            problem = problemdetails.Problem(
+                error = problemdetails.Problem(status_code=response.status, title=response.title)
+            else:
+                error = web.HTTPError(response.status, reason=response.title)
+        elif problemdetails is not None:
+            error = problemdetails.Problem(
                 status_code=response.status, title=response.title, sqlstate=code
             )
-            problem.retry_after = response.retry_after
-            return cast(Exception, problem)
-        return PostgresHTTPError(response, code)
+            error.retry_after = response.retry_after  # type: ignore[attr-defined]
+        else:
+            error = PostgresHTTPError(response, code)
+        # Raised, not returned, as sprockets-postgres did: an override that calls
+        # super().on_postgres_error(...) without returning its value still raises.
+        raise error from exc
 
     def on_postgres_timing(self, metric_name: str, duration: float) -> None:
         """Record a statement's duration: ``self.influxdb.set_field`` (sprockets-influxdb),
@@ -364,7 +404,7 @@ class RequestHandlerMixin:
         elif hasattr(self, "record_timing"):
             self.record_timing(duration, metric_name)
         else:
-            LOGGER.debug("Postgres query %s duration: %s", metric_name, duration)
+            self.postgres_logger.debug("Postgres query %s duration: %s", metric_name, duration)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         """Add ``Retry-After`` to database errors and render :class:`PostgresHTTPError`
