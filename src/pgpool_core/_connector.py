@@ -150,6 +150,29 @@ class _PooledCursor:
         return f"<pooled {self._cursor!r}>"
 
 
+def _drive(weak_conn: Any) -> None:
+    """aiopg's I/O callback, then: if libpq closed the socket (a dead server connection),
+    take its reader off the loop at once.
+
+    aiopg keeps the reader unless ``select()`` on the old descriptor fails, but another
+    thread (a cancel request, a DNS lookup, a test helper) may already have been given the
+    same descriptor number: the loop then keeps a registration for a number whose epoll
+    entry is gone, and the next socket to get that number fails to register
+    (``FileNotFoundError`` from ``epoll_ctl``) in unrelated code. psycopg2's ``closed``
+    says for certain that the socket is gone.
+    """
+    aiopg.Connection._ready(weak_conn)
+    conn = weak_conn()
+    if conn is not None and conn._fileno is not None and conn._conn.closed:
+        fileno, conn._fileno = conn._fileno, None
+        with contextlib.suppress(OSError, ValueError):
+            conn._loop.remove_reader(fileno)
+        if conn._writing:
+            conn._writing = False
+            with contextlib.suppress(OSError, ValueError):
+                conn._loop.remove_writer(fileno)
+
+
 class AiopgConnection:
     """A :class:`DriverConnection` over an aiopg connection and one reused psycopg2 cursor."""
 
@@ -158,6 +181,11 @@ class AiopgConnection:
     def __init__(self, conn: aiopg.Connection) -> None:
         self._conn = conn
         self._raw = conn.raw
+        # aiopg's reader, through _drive (which forgets a socket libpq closed).
+        fileno = conn._fileno
+        assert fileno is not None
+        conn._loop.remove_reader(fileno)
+        conn._loop.add_reader(fileno, _drive, conn._weakref)
         # Readability of the idle socket, without a round trip or the loop's help: a
         # backend terminated a moment ago has its FATAL message waiting there.
         self._poller = select.poll()
@@ -206,7 +234,7 @@ class AiopgConnection:
             raise
         # aiopg's _poll starts by polling once (flushes a large query); the reader
         # callback does the rest.
-        conn._ready(conn._weakref)
+        _drive(conn._weakref)
         return waiter
 
     def is_busy(self) -> bool:
@@ -222,7 +250,7 @@ class AiopgConnection:
             waiter.set_result(None)
             return waiter
         conn._waiter = waiter
-        conn._ready(conn._weakref)
+        _drive(conn._weakref)
         return waiter
 
     def result(self) -> QueryResult:

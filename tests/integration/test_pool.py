@@ -425,6 +425,51 @@ async def test_first_request_after_all_idle_backends_are_killed_succeeds(
         await wait_for_condition(lambda: len(_backends(postgres_server, db)) == 3)
         assert postgres_server.terminate_backends(db) == 3
         assert (await pool.execute("SELECT 1 AS ok")).row == {"ok": 1}
+        # The request drops the dead ones it meets; a replacement opened meanwhile may serve
+        # it before it meets the last, which a check-out or maintenance pass finds next.
+        for _ in range(500):
+            pool.run_maintenance()
+            if pool.stats()["connections_lost"] >= 3:
+                break
+            await asyncio.sleep(0.01)
         assert pool.stats()["connections_lost"] == 3
         assert pool.stats()["returns_bad"] == 0
         await wait_for_condition(lambda: len(_backends(postgres_server, db)) == 3)
+
+
+async def test_dead_connection_leaves_the_loop_even_if_its_descriptor_number_is_reused(
+    postgres_db_url: str, postgres_server: PostgresServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpq closes the socket of a connection the server killed. If another thread gets
+    the same descriptor number before aiopg checks it (aiopg asks select(), which then
+    succeeds), aiopg keeps the loop's reader for that number, and the next socket the
+    loop registers under it fails with FileNotFoundError (seen in CI, in a Tornado client).
+    The pool's driver drops the reader as soon as psycopg2 says the connection closed."""
+    import os
+
+    import aiopg.connection
+
+    loop = asyncio.get_running_loop()
+    async with PoolManager(postgres_db_url, min_size=1, max_size=1) as pool:
+        async with pool.connection() as conn:
+            fileno, raw = conn._fileno, conn.raw
+        # Another thread reused the number: select() on it succeeds.
+        monkeypatch.setattr(aiopg.connection.select, "select", lambda *_args: ([], [], []))
+        assert postgres_server.terminate_backends(database_of(postgres_db_url)) == 1
+        for _ in range(500):  # the reader fires when the server's FATAL arrives
+            if raw.closed:
+                break
+            await asyncio.sleep(0.01)
+        assert raw.closed
+        monkeypatch.undo()
+        with socket.socket() as reused:
+            dup = reused.fileno() != fileno
+            if dup:  # a new socket under the old number (the lowest free one usually is)
+                os.dup2(reused.fileno(), fileno)
+            try:
+                loop.add_writer(fileno, lambda: None)  # raised FileNotFoundError before
+                loop.remove_writer(fileno)
+            finally:
+                if dup:
+                    os.close(fileno)
+        assert (await pool.execute("SELECT 1 AS one")).row == {"one": 1}
