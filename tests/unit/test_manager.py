@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 
 import psycopg2
@@ -548,3 +549,24 @@ async def test_start_wait_on_a_busy_healthy_pool_does_not_call_it_unreachable(
         await asyncio.wait_for(manager.start(wait=True, timeout=0.05), 1)
         with pytest.raises(PoolTimeoutError):
             await manager.wait_ready(timeout=0.05)
+
+
+async def test_a_caller_answered_at_once_still_lets_the_others_run(fake: FakeConnector) -> None:
+    """With a server fast enough that answers are in before the pool waits, a caller
+    would run statement after statement without ever suspending, while the other callers'
+    answers wait (one task doing several times the work of the rest, the others' p99 up).
+    Each statement after such an answer first yields: the callers take turns."""
+    fake.on(r"^SELECT \d", instant=True)
+    order: list[str] = []
+    async with PoolManager(URL, connector=fake, min_size=2, max_size=2) as manager:
+        await manager.wait_ready()
+
+        async def caller(name: str) -> None:
+            for _ in range(30):
+                await manager.execute("SELECT 1")
+                order.append(name)
+
+        await asyncio.gather(caller("a"), caller("b"))
+    longest = max(len(list(run)) for _, run in itertools.groupby(order))
+    assert longest <= 2, "".join(order)
+    assert sorted(order) == ["a"] * 30 + ["b"] * 30

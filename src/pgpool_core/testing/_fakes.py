@@ -37,6 +37,7 @@ class Script:
     gate: asyncio.Event | None = None  # completes once the event is set
     close_connection: bool = False  # the connection dies mid-statement
     ignore_cancel: bool = False  # a server-side cancel has no effect (e.g. a lost packet)
+    instant: bool = False  # answered before send() returns (a fast server on another core)
 
 
 @dataclass
@@ -170,6 +171,8 @@ class FakeConnection:
                 finish(script.error)
 
             self._gate_task = self.loop.create_task(after_gate())
+        elif script is not None and script.instant:
+            finish(script.error)
         else:
             self.loop.call_soon(finish, script.error if script else None)
         return future
