@@ -303,14 +303,19 @@ class AiopgConnection:
 UrlSource: TypeAlias = "str | Callable[[], str | Awaitable[str]]"
 """A URL or password, or a callable (sync or async) evaluated at every connect."""
 
-# Messages libpq gives when the server answered but refused the configuration; libpq has
-# no SQLSTATE for connect failures, so the (English) text is all there is.
-_CONFIG_ERRORS = (
+#: Messages libpq gives when the server answered and refused the connection (password,
+#: role or database, pg_hba.conf): waiting cannot heal these. libpq has no SQLSTATE for
+#: connect failures, so the (English) text is all there is.
+REFUSED_BY_SERVER = (
     "password authentication failed",
-    "authentication failed",
     "no password supplied",
     "no pg_hba.conf entry",
     "does not exist",  # role / database
+)
+# ... and with those, the configuration errors found before reaching a server.
+_CONFIG_ERRORS = (
+    *REFUSED_BY_SERVER,
+    "authentication failed",
     "could not translate host name",
     "name or service not known",
     "could not resolve",

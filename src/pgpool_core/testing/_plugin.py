@@ -72,7 +72,7 @@ def provision(config: pytest.Config) -> Provisioned:
         config.add_cleanup(server.close)
         if server.source is Source.DSN:  # someone else's server: leave nothing behind
             result.template = f"{TEMPLATE_DB}_{uuid.uuid4().hex[:8]}"
-            config.add_cleanup(lambda: _drop_database(server, result.template))
+            config.add_cleanup(lambda: _drop_template(server, result.template))
         result.template_problem = _create_template(server, result.template)
     return result
 
@@ -110,11 +110,13 @@ def _create_template(server: PostgresServer, template: str) -> str | None:
 
 
 def _drop_database(server: PostgresServer, name: str) -> None:
-    try:
-        with server.connect() as conn, conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    except psycopg2.Error:
-        pass  # the server is gone or refuses: nothing of ours is left to drop
+    with server.connect() as conn, conn.cursor() as cur:
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _drop_template(server: PostgresServer, name: str) -> None:
+    with contextlib.suppress(psycopg2.Error):  # the server is gone: nothing left to drop
+        _drop_database(server, name)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -173,8 +175,7 @@ def postgres_db_url(postgres_server: PostgresServer, pytestconfig: pytest.Config
         # A fault test may leave the server down; bring it back for the tests after it.
         if postgres_server.controllable and not postgres_server.is_running():
             postgres_server.start()
-        with postgres_server.connect() as conn, conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        _drop_database(postgres_server, name)
 
 
 @pytest.fixture

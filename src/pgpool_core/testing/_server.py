@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import psycopg2
 import psycopg2.extensions
 
+from pgpool_core._connector import REFUSED_BY_SERVER
 from pgpool_core._redact import passwords_in, scrub
 
 from ._discovery import (
@@ -200,14 +201,9 @@ def replace_url(
     return urllib.parse.urlunsplit((parts.scheme, netloc, path, parts.query, parts.fragment))
 
 
-#: Connect failures that waiting cannot heal: the server answered and refused us.
-_REFUSALS = (
-    "password authentication failed",
-    "no pg_hba.conf entry",
-    "does not exist",
-    "no password supplied",
-    "permission denied",
-)
+#: Connect failures that waiting cannot heal: the server answered and refused us (the
+#: pool's own list, plus a role without CONNECT on the database).
+_REFUSALS = (*REFUSED_BY_SERVER, "permission denied")
 
 
 def _wait_until_accepting(url: str, timeout: float) -> None:
