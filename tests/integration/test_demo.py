@@ -130,3 +130,4 @@ def test_demo_with_a_refused_password_exits_non_zero(
     assert done.returncode == 78, done.stderr
     assert "PostgreSQL is misconfigured" in done.stderr
     assert "not-the-password" not in done.stderr + done.stdout
+    assert [r for r in postgres_server.activity() if r["usename"] == "pgpool_demo_app"] == []

@@ -88,6 +88,7 @@ def test_wrong_password_fails_at_once(postgres_server: PostgresServer, tmp_path:
     assert "password authentication failed" in output
     assert "nope" not in output.replace("no PostgreSQL", "")
     assert seconds < 30, f"took {seconds:.1f} s"
+    assert [r for r in postgres_server.activity() if r["usename"] == "pgpool_wrong_pw"] == []
 
 
 def test_createdb_role_leaves_nothing_behind(

@@ -225,3 +225,4 @@ def test_refused_configuration_exits_non_zero(
     assert "PostgreSQL is misconfigured, stopping" in done.stderr
     assert "run() returned" not in done.stdout
     assert "wrong-one" not in done.stderr + done.stdout
+    assert [r for r in postgres_server.activity() if r["usename"] == "pgpool_exit_app"] == []
