@@ -19,9 +19,9 @@ def install_dev(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
 
 
-def run_pytest(session: nox.Session, *args: str) -> None:
+def run_pytest(session: nox.Session, *args: str, env: dict[str, str] | None = None) -> None:
     """The one pytest runner every test session shares: coverage on, warnings are errors."""
-    env = {"COVERAGE_FILE": os.path.join(session.create_tmp(), ".coverage")}
+    env = {**(env or {}), "COVERAGE_FILE": os.path.join(session.create_tmp(), ".coverage")}
     session.run("coverage", "erase", env=env)
     session.run("coverage", "run", "-m", "pytest", *args, *session.posargs, env=env)
     session.run("coverage", "combine", "--quiet", env=env)
@@ -33,6 +33,13 @@ def tests(session: nox.Session) -> None:
     """Unit and integration tests; integration tests start their own PostgreSQL."""
     install_dev(session)
     run_pytest(session, "tests")
+
+
+@nox.session(python="3.11")
+def tests_uvloop(session: nox.Session) -> None:
+    """The whole suite again with every event loop a uvloop loop (CI runs it on one Python)."""
+    install_dev(session)
+    run_pytest(session, "tests", env={"PGPOOL_TEST_LOOP": "uvloop"})
 
 
 @nox.session(python=PYTHONS)
@@ -77,7 +84,7 @@ def package(session: nox.Session) -> None:
 def demo(session: nox.Session) -> None:
     """The demo service on http://127.0.0.1:8000 (a throwaway PostgreSQL unless
     POSTGRES_URL is set). Ctrl-C stops it and removes the throwaway server."""
-    session.install("-e", ".[sprockets,testing,embedded,prometheus]")
+    session.install("-e", ".[sprockets,testing,embedded,prometheus,uvloop]")
     # Ctrl-C reaches the service too; give its clean shutdown time before nox escalates.
     session.run("python", "demo/service.py", interrupt_timeout=15, terminate_timeout=5)
 

@@ -8,6 +8,7 @@ else against a throwaway PostgreSQL started for it and removed when it stops (Ct
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import logging
@@ -144,6 +145,17 @@ class LoopbackRunner(runner.Runner):  # type: ignore[misc]
         self.server.listen(port_number, address=HOST)
 
 
+def use_uvloop() -> str:
+    """Run on uvloop when it is installed (``pgpool[uvloop]``); say which loop runs."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio's event loop"
+    # The runner makes its loop through the policy; uvloop.run() cannot reach it.
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     port = int(os.environ.get("PORT", "8000"))
@@ -165,7 +177,7 @@ def main() -> int:
         settings["postgres_url"] = throwaway.url
     try:
         app = make_app(**settings)
-        LOGGER.info("serving on http://%s:%d (Ctrl-C stops)", HOST, port)
+        LOGGER.info("serving on http://%s:%d on %s (Ctrl-C stops)", HOST, port, use_uvloop())
         LoopbackRunner(app).run(port)
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:

@@ -151,26 +151,39 @@ class _PooledCursor:
 
 
 def _drive(weak_conn: Any) -> None:
-    """aiopg's I/O callback, then: if libpq closed the socket (a dead server connection),
-    take its reader off the loop at once.
+    """aiopg's I/O callback, then: if the socket is gone (libpq closed it: a dead server
+    connection, a refused or failed connect), take every registration of its descriptor
+    off the loop at once.
 
-    aiopg keeps the reader unless ``select()`` on the old descriptor fails, but another
-    thread (a cancel request, a DNS lookup, a test helper) may already have been given the
-    same descriptor number: the loop then keeps a registration for a number whose epoll
-    entry is gone, and the next socket to get that number fails to register
-    (``FileNotFoundError`` from ``epoll_ctl``) in unrelated code. psycopg2's ``closed``
-    says for certain that the socket is gone.
+    aiopg forgets the descriptor only when ``select()`` on it fails, and even then leaves
+    its writer registered. Another thread (a cancel request, a DNS lookup) may already have
+    been given the same number, and the next socket to get it fails to register in
+    unrelated code: ``FileNotFoundError`` from ``epoll_ctl`` on asyncio; on uvloop, which
+    closes its poll handle on the error but keeps it, ``RuntimeError: unable to perform
+    operation on <UVPoll closed=True>``. psycopg2's ``closed`` (or aiopg having dropped the
+    descriptor) says for certain that the socket is gone.
     """
-    aiopg.Connection._ready(weak_conn)
     conn = weak_conn()
-    if conn is not None and conn._fileno is not None and conn._conn.closed:
-        fileno, conn._fileno = conn._fileno, None
-        with contextlib.suppress(OSError, ValueError):
-            conn._loop.remove_reader(fileno)
-        if conn._writing:
-            conn._writing = False
-            with contextlib.suppress(OSError, ValueError):
-                conn._loop.remove_writer(fileno)
+    if conn is None:
+        return
+    fileno = conn._fileno
+    aiopg.Connection._ready(weak_conn)
+    if fileno is not None and (conn._fileno is None or conn._conn.closed):
+        conn._fileno = None
+        conn._writing = False
+        for remove in (conn._loop.remove_reader, conn._loop.remove_writer):
+            with contextlib.suppress(OSError, ValueError, RuntimeError):
+                remove(fileno)
+
+
+def _take_reader(conn: aiopg.Connection) -> None:
+    """Route every I/O callback of ``conn`` through :func:`_drive`: the reader aiopg
+    registered, and the writer and first poll it looks up on the instance."""
+    conn._ready = _drive  # type: ignore[method-assign,assignment]
+    fileno = conn._fileno
+    assert fileno is not None
+    conn._loop.remove_reader(fileno)
+    conn._loop.add_reader(fileno, _drive, conn._weakref)
 
 
 class AiopgConnection:
@@ -181,11 +194,6 @@ class AiopgConnection:
     def __init__(self, conn: aiopg.Connection) -> None:
         self._conn = conn
         self._raw = conn.raw
-        # aiopg's reader, through _drive (which forgets a socket libpq closed).
-        fileno = conn._fileno
-        assert fileno is not None
-        conn._loop.remove_reader(fileno)
-        conn._loop.add_reader(fileno, _drive, conn._weakref)
         # Readability of the idle socket, without a round trip or the loop's help: a
         # backend terminated a moment ago has its FATAL message waiting there.
         self._poller = select.poll()
@@ -490,9 +498,12 @@ class AiopgConnector:
         return AiopgConnection(task.result())
 
     async def _open(self, dsn: str, kwargs: dict[str, Any]) -> aiopg.Connection:
-        # aiopg.connect() returns a "coroutine" whose send() is forwarded to the connection
-        # object; asyncio can only schedule it from inside a real coroutine.
-        return await aiopg.connect(dsn, timeout=self._statement_timeout, **kwargs)
+        # What aiopg.connect() does, with the reader handed to _drive before the first
+        # byte: a connect that fails (refused, server shutting down) must not leave its
+        # socket's registration behind either.
+        conn = aiopg.Connection(dsn, self._statement_timeout, False, **kwargs)
+        _take_reader(conn)
+        return await conn
 
 
 async def _evaluate(source: UrlSource, timeout: float) -> str:

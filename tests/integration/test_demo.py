@@ -60,7 +60,8 @@ def test_readme_curl_examples_against_the_demo_then_ctrl_c(postgres_server: obje
         started = wait_for_line(process, r"throwaway PostgreSQL .* in (\S+)", 60)
         directory = Path(started.rsplit(" in ", 1)[1].strip())
         assert directory.exists()
-        wait_for_line(process, r"serving on http://127\.0\.0\.1", 10)
+        # The test environment has pgpool[uvloop]: the demo runs on it.
+        wait_for_line(process, r"serving on http://127\.0\.0\.1:\d+ on uvloop", 10)
         wait_for_line(process, r"schema ready", 10)  # created by an on_start callback
         outputs = []
         for line in readme_curl_lines():

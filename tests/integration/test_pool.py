@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 
@@ -473,3 +474,38 @@ async def test_dead_connection_leaves_the_loop_even_if_its_descriptor_number_is_
                 if dup:
                     os.close(fileno)
         assert (await pool.execute("SELECT 1 AS one")).row == {"one": 1}
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_failed_connects_leave_no_registration_behind(
+    postgres_db_url: str, postgres_server: PostgresServer, loop_kind: str
+) -> None:
+    """A connect the server refuses closes its socket inside libpq. aiopg kept its writer
+    registered under that number; uvloop also closed its poll handle and kept it, so the
+    next connection given that number failed at once with ``RuntimeError: unable to
+    perform operation on <UVPoll closed=True>`` (seen as 4 failed requests after a restart
+    in the F1 fault test under uvloop). Refused and good connects alternate here on both
+    loops: every good one works, and the server holds exactly the connections we opened."""
+    import uvloop
+
+    from pgpool_core._connector import AiopgConnector
+    from pgpool_core.testing._server import free_port
+
+    port = urllib.parse.urlsplit(postgres_db_url).port
+    refused = postgres_db_url.replace(f":{port}/", f":{free_port()}/")
+    assert refused != postgres_db_url
+    db = database_of(postgres_db_url)
+
+    async def scenario() -> None:
+        bad, good = AiopgConnector(refused), AiopgConnector(postgres_db_url)
+        opened = []
+        for _ in range(20):
+            with pytest.raises(psycopg2.OperationalError, match="refused"):
+                await bad.connect(5)
+            opened.append(await good.connect(5))
+        assert len(_backends(postgres_server, db)) == 20
+        for conn in opened:
+            conn.close()
+        await wait_for_condition(lambda: not _backends(postgres_server, db))
+
+    (uvloop.run if loop_kind == "uvloop" else asyncio.run)(scenario())

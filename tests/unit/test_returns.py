@@ -82,5 +82,5 @@ async def test_statement_that_beats_a_slow_cancel_returns_at_once(fake: FakeConn
         assert asyncio.get_running_loop().time() - started < 1.0
         assert pool.stats()["pool_available"] == 0  # held back until the cancel lands
         release.set()
-        await until(lambda: pool.stats()["pool_available"] == 1, limit=200_000)
+        await until(lambda: pool.stats()["pool_available"] == 1)
         assert not conn.closed
