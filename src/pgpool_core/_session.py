@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -167,6 +168,30 @@ class SessionTools:
         return cls(clock, runner, committer, recorder, settings.resolve_commits)
 
 
+class _BeginFirst:
+    """A connector's cursor inside a transaction whose BEGIN is still pending: the first
+    awaited call on it sends the BEGIN first."""
+
+    def __init__(self, cursor: Any, send_begin: Callable[[], Awaitable[None]]) -> None:
+        self._cursor = cursor
+        self._send_begin = send_begin
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._cursor, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        async def after_begin(*args: Any, **kwargs: Any) -> Any:
+            await self._send_begin()
+            # Looked up again: the cursor readies the connection for itself on each lookup.
+            return await getattr(self._cursor, name)(*args, **kwargs)
+
+        return after_begin
+
+    def __repr__(self) -> str:
+        return repr(self._cursor)
+
+
 class PostgresConnector:
     """Runs statements on one checked-out connection (sprockets-postgres' connector)."""
 
@@ -193,6 +218,9 @@ class PostgresConnector:
         # A statement of the transaction ran out of time or was stopped: it may still
         # complete on the server, so the transaction must not commit (never cleared).
         self._doomed: BaseException | None = None
+        # The transaction's BEGIN, until it has been sent: it goes with the block's first
+        # statement, in the same round trip.
+        self._begin: str | None = None
         self._done = False  # the block that checked this connection out has ended
         self._cursor: Any = None
 
@@ -212,6 +240,8 @@ class PostgresConnector:
         if self._cursor is None:
             remaining = max(self._deadline.remaining(self._tools.clock()), 0.001)
             self._cursor = self._slot.conn.dict_cursor(remaining)
+        if self._begin is not None:
+            return _BeginFirst(self._cursor, self._send_begin)
         return self._cursor
 
     def end(self) -> None:
@@ -250,7 +280,15 @@ class PostgresConnector:
         deadline = self._deadline.sooner(started, check_timeout(timeout))
         failure: BaseException | None = None
         try:
-            result = await tools.runner.run(self._slot, sql, params, deadline, callproc=callproc)
+            if self._begin is None:
+                result = await tools.runner.run(
+                    self._slot, sql, params, deadline, callproc=callproc
+                )
+            elif callproc:
+                await self._send_begin(deadline)
+                result = await tools.runner.run(self._slot, sql, params, deadline, callproc=True)
+            else:
+                result = await self._run_first(self._begin, sql, params, deadline)
         except (psycopg2.Error, PoolError) as exc:
             failure = exc
             if self._in_transaction:
@@ -295,6 +333,43 @@ class PostgresConnector:
                 "transaction control inside transaction(): leave the block to commit, raise"
                 " to roll back, or use SAVEPOINT / ROLLBACK TO SAVEPOINT; nothing was sent"
             )
+
+    async def _send_begin(self, deadline: Deadline | None = None) -> None:
+        """Send the transaction's pending BEGIN on its own."""
+        begin, self._begin = self._begin, None
+        if begin is not None:
+            try:
+                await self._tools.runner.run(self._slot, begin, None, deadline or self._deadline)
+            except BaseException:
+                self._keep_begin_if_unsent(begin)
+                raise
+
+    async def _run_first(
+        self, begin: str, sql: str, params: Any, deadline: Deadline
+    ) -> QueryResult:
+        """The transaction's first statement, with its ``begin`` in the same round trip."""
+        tools, slot = self._tools, self._slot
+        self._begin = None
+        try:
+            return await tools.runner.run(slot, sql, params, deadline, begin=begin)
+        except psycopg2.Error:
+            conn = slot.conn
+            if conn.closed or conn.is_busy() or conn.transaction_status() is not TxStatus.IDLE:
+                raise
+        except BaseException:
+            self._keep_begin_if_unsent(begin)
+            raise
+        # The server rejected the text before running any of it (a syntax error): BEGIN did
+        # not run either. One by one, as without the shortcut: the statement fails again,
+        # inside the transaction, and leaves it aborted like any failed statement.
+        await tools.runner.run(slot, begin, None, deadline)
+        return await tools.runner.run(slot, sql, params, deadline)
+
+    def _keep_begin_if_unsent(self, begin: str) -> None:
+        """After a failed send: BEGIN is still pending if nothing reached the server."""
+        conn = self._slot.conn
+        if not (conn.closed or conn.is_busy()) and conn.transaction_status() is TxStatus.IDLE:
+            self._begin = begin
 
     def _after_statement(self) -> None:
         conn = self._slot.conn
@@ -341,7 +416,7 @@ class PostgresConnector:
             row = (await tools.runner.run(slot, BEGIN_WITH_XID, None, self._deadline)).row
             xid = None if row is None else XidMark(int(row["xid"]), row["started"])
         else:
-            await tools.runner.run(slot, "BEGIN", None, self._deadline)
+            self._begin = "BEGIN"  # sent with the first statement
         self._in_transaction, self._failure, self._ended_by = True, None, None
         self._doomed = None
         try:
@@ -349,12 +424,21 @@ class PostgresConnector:
         except BaseException as exc:
             self._in_transaction = False
             conn = slot.conn
+            began = self._begin is None
+            self._begin = None
             # A cancelled caller is not kept waiting: releasing the slot rolls back.
-            if not isinstance(exc, asyncio.CancelledError) and not (conn.is_busy() or conn.closed):
+            if (
+                began
+                and not isinstance(exc, asyncio.CancelledError)
+                and not (conn.is_busy() or conn.closed)
+            ):
                 with contextlib.suppress(Exception):  # else the release rolls back or discards
                     await tools.committer.rollback(slot)
             raise
         self._in_transaction = False
+        if self._begin is not None:  # no statement was sent: there is nothing to commit
+            self._begin = None
+            return
         try:
             await tools.committer.commit(
                 slot,

@@ -146,9 +146,18 @@ class StatementRunner:
         self._session_state = session_state
 
     async def run(
-        self, slot: Slot, sql: str, params: Any, deadline: Deadline, *, callproc: bool = False
+        self,
+        slot: Slot,
+        sql: str,
+        params: Any,
+        deadline: Deadline,
+        *,
+        callproc: bool = False,
+        begin: str | None = None,
     ) -> QueryResult:
-        """Run one statement on ``slot`` until ``deadline``.
+        """Run one statement on ``slot`` until ``deadline``; with ``begin``, the ``BEGIN``
+        that opens its transaction goes in the same message (one round trip for both; the
+        result is the statement's).
 
         Nothing is sent once the deadline has passed. On expiry inside a transaction the
         caller hears at once (the transaction can no longer commit; releasing the slot
@@ -178,9 +187,11 @@ class StatementRunner:
             )
         if self._session_state is not None:
             self._session_state.check(sql)
-        in_transaction = conn.transaction_status() in _IN_TRANSACTION
+        in_transaction = begin is not None or conn.transaction_status() in _IN_TRANSACTION
         try:
-            future = conn.send(sql, params, callproc=callproc)
+            future = conn.send(
+                sql if begin is None else f"{begin}; {sql}", params, callproc=callproc
+            )
             slot.outcome = None  # an earlier statement's end, caught when it was abandoned
         except (IndexError, KeyError, TypeError, ValueError, psycopg2.ProgrammingError) as exc:
             raise QueryParameterError(

@@ -13,10 +13,16 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["DeadlineTimer"]
+__all__ = ["DeadlineTimer", "due"]
 
-# asyncio runs a timer up to its clock resolution early; treat that as due.
+# asyncio runs a timer up to its clock resolution early, uvloop up to a millisecond (its
+# timers count whole milliseconds); treat that as due.
 _SLACK = 0.001
+
+
+def due(deadline: float, now: float) -> bool:
+    """Whether ``deadline`` has passed at ``now``, as the timer decides it."""
+    return deadline <= now + _SLACK
 
 
 class DeadlineTimer:
@@ -67,13 +73,15 @@ class DeadlineTimer:
     def _fire(self) -> None:
         self._handle = None
         self._armed_at = math.inf
-        now = self._now() + _SLACK
-        due = [
-            (key, payload) for key, (deadline, payload) in self._entries.items() if deadline <= now
+        now = self._now()
+        expired = [
+            (key, payload)
+            for key, (deadline, payload) in self._entries.items()
+            if due(deadline, now)
         ]
-        for key, _ in due:
+        for key, _ in expired:
             del self._entries[key]
         if self._entries:
             self._arm(min(deadline for deadline, _ in self._entries.values()))
-        for key, payload in due:
+        for key, payload in expired:
             self._on_expire(key, payload)

@@ -19,6 +19,7 @@ from ._classify import sqlstate
 from ._connector import DriverConnection, TxStatus
 from ._returns import consume
 from ._statements import Deadline, StatementRunner
+from ._timers import due
 from .errors import CommitUnknownError, QueryTimeoutError, TransactionRolledBackError
 
 __all__ = [
@@ -302,7 +303,8 @@ class Committer:
         until: float,
     ) -> None:
         """Raise unless the server's answer to COMMIT says it committed."""
-        if not answer.done() or (conn.closed and self._clock() >= until):
+        # Closed at the bound: the deadline timer cut it (as the timer tells due from not).
+        if not answer.done() or (conn.closed and due(until, self._clock())):
             conn.close()
             raise CommitUnknownError(
                 f"COMMIT was sent but no answer came within {self._cancel_timeout:.3f} s"

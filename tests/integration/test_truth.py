@@ -477,3 +477,97 @@ async def test_unreadable_result_says_the_statement_ran(
     assert isinstance(caught.value.__cause__, ValueError)
     assert "y10k" in _tokens(postgres_server, db)
     assert (await pool.execute("SELECT 1 AS ok")).row == {"ok": 1}
+
+
+# -- BEGIN travels with the first statement ------------------------------------------------
+
+
+@pytest.mark.parametrize("swallow", ["except", "on_error"])
+async def test_first_statement_rejected_whole_still_aborts_the_transaction(
+    pool: PoolManager, url: str, postgres_server: PostgresServer, swallow: str
+) -> None:
+    """BEGIN goes in the same message as the block's first statement. A syntax error makes
+    the server reject the whole message, BEGIN included: the pool then runs them one by
+    one, so the block is in an aborted transaction exactly as if BEGIN had gone alone. The
+    next statement is refused by the server (25P02) instead of autocommitting, and leaving
+    the block reports the rollback; nothing is on the server."""
+    db = database_of(url)
+
+    async def body() -> None:
+        hooks = {"on_error": lambda _name, _exc: None} if swallow == "on_error" else {}
+        async with pool.connector(**hooks) as connector, connector.transaction():  # type: ignore[arg-type]
+            with contextlib.suppress(psycopg2.errors.SyntaxError):
+                await connector.execute("INSRT INTO truth VALUES ('typo')")
+            if swallow == "except":
+                with pytest.raises(psycopg2.errors.InFailedSqlTransaction):
+                    await connector.execute("INSERT INTO truth VALUES ('after')")
+            else:
+                await connector.execute("INSERT INTO truth VALUES ('after')")
+
+    with pytest.raises(TransactionRolledBackError, match="SQLSTATE 42601"):
+        await body()
+    assert _tokens(postgres_server, db) == {"taken"}
+    await _clean(postgres_server, db)
+
+
+async def test_first_statement_timeout_rolls_back_on_the_server(
+    pool: PoolManager, url: str, postgres_server: PostgresServer
+) -> None:
+    """The first statement (sent with its BEGIN) runs out of time: the caller hears at once
+    that the transaction is rolled back, the statement is cancelled on the server, and its
+    row never appears."""
+    db = database_of(url)
+    with pytest.raises(QueryTimeoutError, match="the transaction is rolled back"):
+        async with pool.transaction() as tx:
+            await tx.execute("INSERT INTO truth SELECT 'slow' FROM pg_sleep(2)", timeout=0.2)
+    await _clean(postgres_server, db)
+    assert _tokens(postgres_server, db) == {"taken"}
+
+
+async def test_cursor_first_in_a_transaction_runs_inside_it(
+    pool: PoolManager, url: str, postgres_server: PostgresServer
+) -> None:
+    """The connector's cursor used before any execute() still runs inside the transaction
+    (its first call sends the pending BEGIN): a block that then raises leaves nothing."""
+    db = database_of(url)
+
+    async def change_mind() -> None:
+        async with pool.transaction() as tx:
+            await tx.cursor.execute("INSERT INTO truth VALUES ('via-cursor')")
+            raise RuntimeError("changed my mind")
+
+    with pytest.raises(RuntimeError, match="changed my mind"):
+        await change_mind()
+    assert _tokens(postgres_server, db) == {"taken"}
+    async with pool.transaction() as tx:
+        await tx.cursor.execute("INSERT INTO truth VALUES ('via-cursor')")
+    assert _tokens(postgres_server, db) == {"taken", "via-cursor"}
+    await _clean(postgres_server, db)
+
+
+async def test_begin_travels_with_the_first_statement(
+    pool: PoolManager, url: str, postgres_server: PostgresServer
+) -> None:
+    """Seen from the server: the transaction started with the message that carried the
+    first statement (now(), the transaction's start, equals statement_timestamp(), the
+    receipt of the current message: with BEGIN in a message of its own they differ), and
+    every statement of the block ran inside the one transaction, which committed."""
+    db = database_of(url)
+    async with pool.transaction() as tx:
+        first = (
+            await tx.execute(
+                "SELECT now() = statement_timestamp() AS one_message,"
+                " pg_current_xact_id_if_assigned() IS NULL AS no_xid_yet"
+            )
+        ).row
+        await tx.execute("INSERT INTO truth VALUES ('one-trip')")
+        later = (
+            await tx.execute(
+                "SELECT now() < statement_timestamp() AS same_transaction,"
+                " pg_current_xact_id_if_assigned() IS NOT NULL AS has_xid"
+            )
+        ).row
+    assert first == {"one_message": True, "no_xid_yet": True}
+    assert later == {"same_transaction": True, "has_xid": True}
+    assert "one-trip" in _tokens(postgres_server, db)
+    await _clean(postgres_server, db)

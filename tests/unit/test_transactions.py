@@ -233,7 +233,12 @@ async def test_timed_out_statement_dooms_its_transaction(
             with pytest.raises(TransactionRolledBackError, match="nothing was sent"):
                 await tx.execute("INSERT INTO t VALUES (2)")
 
-    with pytest.raises(TransactionRolledBackError, match="ran out of time"):
+    # The UPDATE (sent with its BEGIN) may still be running at COMMIT: libpq then reports
+    # the transaction active, and that is what the refusal says, with the first failure.
+    with pytest.raises(
+        TransactionRolledBackError,
+        match=r"(ran out of time|still running at COMMIT; first failure: QueryTimeoutError)",
+    ):
         await run()
     await _settled(pool)
     assert "COMMIT" not in _sent(fake)
@@ -368,7 +373,7 @@ async def test_lost_commit_is_resolved_by_its_xid(
     else:
         with pytest.raises(expected, match=says):
             await run()
-    assert fake.connections[0].statements[0] == BEGIN_WITH_XID
+    assert fake.connections[0].messages[0] == BEGIN_WITH_XID  # BEGIN sent eagerly
     assert [sql.split(",")[0] for sql in fake.connections[1].statements] == [
         "SELECT txid_status(%s) AS status"
     ]
@@ -551,3 +556,67 @@ async def test_unreadable_result_is_a_query_result_error(
     monkeypatch.undo()
     assert (await pool.execute("SELECT 1")).row == {"?column?": 1}
     assert len(fake.connections) == 1
+
+
+# -- BEGIN travels with the first statement ------------------------------------------------
+
+
+async def test_begin_goes_with_the_first_statement(pool: PoolManager, fake: FakeConnector) -> None:
+    """Two round trips for BEGIN / UPDATE / COMMIT: BEGIN rides in the UPDATE's message."""
+    async with pool.transaction() as tx:
+        result = await tx.execute("UPDATE t SET x = %s", [1])
+        await tx.execute("INSERT INTO t VALUES (2)")
+    assert result.row_count == 0
+    assert _conn(fake).messages == [
+        "BEGIN; UPDATE t SET x = %s",
+        "INSERT INTO t VALUES (2)",
+        "COMMIT",
+    ]
+
+
+async def test_transaction_without_statements_sends_nothing(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """Nothing ran, so nothing is sent (no BEGIN, no COMMIT) and the block returns; a block
+    that raises before its first statement has nothing to roll back either."""
+    async with pool.transaction():
+        pass
+    with pytest.raises(RuntimeError, match="early"):
+        async with pool.transaction():
+            raise RuntimeError("early")
+    assert [m for conn in fake.connections for m in conn.messages] == []
+
+
+async def test_callproc_first_sends_begin_on_its_own(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """A procedure call cannot share its message: BEGIN goes first, alone."""
+    async with pool.transaction() as tx:
+        await tx.callproc("do_work", [1])
+    assert _conn(fake).messages[0] == "BEGIN"
+    assert _conn(fake).messages[-1] == "COMMIT"
+
+
+async def test_begin_waits_for_a_statement_that_is_sent(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """A first statement refused before sending (a NUL in its text) takes nothing with it:
+    the BEGIN goes with the next statement that is sent."""
+    async with pool.transaction() as tx:
+        with pytest.raises(QueryParameterError, match="nothing was sent"):
+            await tx.execute("UPDATE t SET x = 1\x00")
+        await tx.execute("UPDATE t SET x = %s", [2])
+    assert _conn(fake).messages == ["BEGIN; UPDATE t SET x = %s", "COMMIT"]
+
+
+async def test_first_statement_with_a_syntax_error_is_retried_inside_the_transaction(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """The server rejects a message with a syntax error whole (its BEGIN too): BEGIN is
+    sent alone, then the statement again, which fails inside the transaction (aborting
+    it), as without the shortcut."""
+    fake.on("^SELEC ", error=psycopg2.errors.SyntaxError("syntax error at or near SELEC"))
+    with pytest.raises(psycopg2.errors.SyntaxError):
+        async with pool.transaction() as tx:
+            await tx.execute("SELEC 1")
+    assert _conn(fake).messages == ["BEGIN; SELEC 1", "BEGIN", "SELEC 1", "ROLLBACK"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 
 from pgpool_core._connector import KeptFuture, TxStatus
@@ -23,6 +24,8 @@ __all__ = ["FakeConnection", "FakeConnector", "FakeCursor", "Script"]
 
 _FIRST_WORD = re.compile(r"\s*(\w+)")
 _ROLLBACK_TO = re.compile(r"\s*ROLLBACK\s+TO\b", re.IGNORECASE)
+# The pool sends a transaction's BEGIN in the same message as its first statement.
+_PIPELINED_BEGIN = re.compile(r"\s*(BEGIN)\s*;\s*", re.IGNORECASE)
 
 
 @dataclass
@@ -97,7 +100,11 @@ class FakeConnection:
         self.loop = loop
         self.closed = False
         self.status = TxStatus.IDLE
+        #: The statements the server was asked to run, one by one (a BEGIN sent in the same
+        #: message as the next statement counts as its own), and the messages themselves
+        #: (one per round trip).
         self.statements: list[str] = []
+        self.messages: list[str] = []
         self.cancel_requests = 0
         self._pending: asyncio.Future[None] | None = None
         self._running = False
@@ -126,7 +133,7 @@ class FakeConnection:
             raise psycopg2.InterfaceError("connection already closed")
         if self._running:
             raise RuntimeError("execute() called while another statement is running")
-        self.statements.append(sql)
+        begin, sql = self._record(sql)
         future: asyncio.Future[None] = (
             KeptFuture(loop=self.loop) if keep else self.loop.create_future()
         )
@@ -141,13 +148,19 @@ class FakeConnection:
         else:
             self._result = QueryResult(script.row_count if script else 0)
         self.status = TxStatus.ACTIVE if self.status is TxStatus.IDLE else self.status
-        in_tx = self.status in (TxStatus.INTRANS, TxStatus.INERROR) or verb == "BEGIN"
+        in_tx = (
+            self.status in (TxStatus.INTRANS, TxStatus.INERROR)
+            or verb == "BEGIN"
+            or begin is not None
+        )
 
         def finish(error: BaseException | None = None) -> None:
             if not self._running or self._pending is not future:
                 return
             self._running = False
-            self._end_statement(sql, verb, in_tx, error)
+            # A syntax error rejects the whole message before any of it runs: its BEGIN too.
+            unparsed = begin is not None and isinstance(error, psycopg2.errors.SyntaxError)
+            self._end_statement(sql, verb, in_tx and not unparsed, error)
             # The pool may have given up on (failed or cancelled) its future already.
             waiter, self._waiter = self._waiter, None
             if waiter is not None and not waiter.done():
@@ -176,6 +189,18 @@ class FakeConnection:
         else:
             self.loop.call_soon(finish, script.error if script else None)
         return future
+
+    def _record(self, message: str) -> tuple[re.Match[str] | None, str]:
+        """Record a message and its statements; returns its pipelined BEGIN (if any) and
+        the statement that follows it."""
+        self.messages.append(message)
+        begin = _PIPELINED_BEGIN.match(message)
+        sql = message
+        if begin is not None:
+            self.statements.append(begin.group(1))
+            sql = message[begin.end() :]
+        self.statements.append(sql)
+        return begin, sql
 
     def _end_statement(self, sql: str, verb: str, in_tx: bool, error: BaseException | None) -> None:
         """The tag and transaction status a statement leaves, as PostgreSQL sets them."""
