@@ -91,8 +91,9 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """PoolManager vs raw aiopg.Pool (W1-W3, starvation), then the HTTP leg (pgpool_tornado
-    against the same app without the database), on a throwaway PostgreSQL."""
-    install_dev(session)
-    session.run("python", "benchmarks/bench_pool.py", *session.posargs)
-    session.run("python", "benchmarks/bench_http.py")
+    """The public benchmark: pgpool, aiopg, psycopg_pool, asyncpg (+/- reset),
+    sprockets-postgres and pgbench, W1-W3 and the HTTP leg, on asyncio and uvloop, on a
+    throwaway PostgreSQL. ``nox -s bench`` is the quick mode (< 2 min);
+    ``nox -s bench -- --full --out benchmarks/results`` the full one (< 10 min)."""
+    session.install("-e", ".[bench]")
+    session.run("python", "benchmarks/bench.py", *(session.posargs or ["--quick"]))

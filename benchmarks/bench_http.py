@@ -1,12 +1,14 @@
-"""HTTP leg: a Tornado handler doing ``SELECT %s::TEXT AS value`` through pgpool_tornado's
-RequestHandlerMixin, against the same handler without the database call (the ceiling).
+"""HTTP leg: a sprockets.http application whose ``GET /value?v=x`` runs one
+``SELECT %s::TEXT AS value`` through its database mixin, against ``GET /nodb?v=x`` in the
+same process (the same handler stack without the database: the ceiling).
 
-One server process; the load comes from another process: wrk when installed, else a small
-keep-alive HTTP/1.1 client on asyncio. Reports median req/s, p99 and the fraction
-of the no-database ceiling (median of paired rounds; target >= 0.70) at 16 and 64
-connections.
+Apps: ``pgpool`` (pgpool_sprockets) and ``sprockets-postgres`` (1.8.1, what it replaces).
+One server process per app and event loop; the load comes from another process: wrk
+(one thread) when installed, else a small keep-alive HTTP/1.1 client on asyncio. Each
+round runs the two paths back to back, order alternating; the ratio is the median of the
+paired ratios. App CPU per request is the server process's CPU time over the requests.
 
-    python benchmarks/bench_http.py [--seconds 3] [--rounds 2]
+    python benchmarks/bench_http.py [--rounds 5] [--seconds 1] [--loop uvloop]
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import multiprocessing.synchronize
 import os
 import re
 import shutil
@@ -21,29 +24,33 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 
-TARGET = 0.70
 PATHS = {"nodb": "/nodb?v=x", "db": "/value?v=x"}
+SQL = "SELECT %s::TEXT AS value"
 
 
 def serve(
-    port: int, url: str, ready: multiprocessing.synchronize.Event, pool_size: int = 10
+    app_kind: str, loop_kind: str, port: int, url: str, *, ready: Any, pool_size: int
 ) -> None:
+    """The server process: one sprockets.http application on ``loop_kind``."""
+    from sprockets.http import app as sprockets_app
     from tornado import httpserver, ioloop, web
 
-    import pgpool_tornado
+    if app_kind == "pgpool":
+        import pgpool_sprockets as mixins
+    else:
+        import sprockets_postgres as mixins
 
-    class Application(pgpool_tornado.ApplicationMixin, web.Application):
+    class Application(mixins.ApplicationMixin, sprockets_app.Application):  # type: ignore[misc]
         pass
 
-    class ValueHandler(pgpool_tornado.RequestHandlerMixin, web.RequestHandler):
+    class ValueHandler(mixins.RequestHandlerMixin, web.RequestHandler):  # type: ignore[misc]
         async def get(self) -> None:
-            result = await self.postgres_execute(
-                "SELECT %s::TEXT AS value", [self.get_argument("v")], "value"
-            )
+            result = await self.postgres_execute(SQL, [self.get_argument("v")], "value")
             self.write(result.row or {})
 
-    class NoDatabaseHandler(pgpool_tornado.RequestHandlerMixin, web.RequestHandler):
+    class NoDatabaseHandler(mixins.RequestHandlerMixin, web.RequestHandler):  # type: ignore[misc]
         async def get(self) -> None:
             self.write({"value": self.get_argument("v")})
 
@@ -54,13 +61,28 @@ def serve(
             postgres_max_pool_size=pool_size,
             postgres_min_pool_size=pool_size,
         )
-        await app.postgres_start(wait=True)
+        if app_kind == "pgpool":
+            await app.postgres_start(wait=True)
+        else:
+            await app._postgres_on_start(app, ioloop.IOLoop.current())
         server = httpserver.HTTPServer(app)
         server.listen(port, address="127.0.0.1")
         ready.set()
         await asyncio.Event().wait()
 
-    ioloop.IOLoop.current().run_sync(main)
+    if loop_kind == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def load(port: int, path: str, connections: int, seconds: float) -> tuple[int, list[float]]:
@@ -77,8 +99,9 @@ async def load(port: int, path: str, connections: int, seconds: float) -> tuple[
             started = loop.time()
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
-            length = int(re.search(rb"Content-Length: (\d+)", head, re.I).group(1))  # type: ignore[union-attr]
-            await reader.readexactly(length)
+            length = re.search(rb"Content-Length: (\d+)", head, re.I)
+            assert length is not None
+            await reader.readexactly(int(length.group(1)))
             latencies.append(loop.time() - started)
             done += 1
         writer.close()
@@ -88,53 +111,99 @@ async def load(port: int, path: str, connections: int, seconds: float) -> tuple[
     return sum(counts), latencies
 
 
-def run_load(port: int, path: str, connections: int, seconds: float) -> tuple[float, float]:
-    """(req/s, p99 seconds) from wrk if installed, else the asyncio client."""
-    wrk = shutil.which("wrk")
-    url = f"http://127.0.0.1:{port}{path}"
-    if wrk:
-        out = subprocess.run(
-            [wrk, "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-        p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-        assert p99 is not None
-        scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}[p99.group(2)]
-        return rate, float(p99.group(1)) * scale
-    results: multiprocessing.Queue[tuple[int, float]] = multiprocessing.Queue()
-    client = multiprocessing.Process(
-        target=_client, args=(port, path, connections, seconds, results), daemon=True
-    )
-    client.start()
-    count, p99 = results.get(timeout=seconds + 30)
-    client.join(5)
-    return count / seconds, p99
-
-
-def _client(
-    port: int,
-    path: str,
-    connections: int,
-    seconds: float,
-    results: multiprocessing.Queue[tuple[int, float]],
-) -> None:
+def _client(port: int, path: str, connections: int, seconds: float, results: Any) -> None:
     count, latencies = asyncio.run(load(port, path, connections, seconds))
     latencies.sort()
     results.put((count, latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]))
 
 
+def run_load(port: int, path: str, connections: int, seconds: float) -> tuple[int, float, float]:
+    """(requests, elapsed seconds, p99 seconds) from wrk if installed, else the asyncio
+    client in another process."""
+    wrk = shutil.which("wrk")
+    if wrk:
+        duration = max(1, round(seconds))
+        out = subprocess.run(
+            [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+             f"http://127.0.0.1:{port}{path}"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        count = re.search(r"(\d+) requests in ([\d.]+)(ms|s)", out)
+        p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+        assert count is not None, out
+        assert p99 is not None, out
+        elapsed = float(count.group(2)) * (1e-3 if count.group(3) == "ms" else 1.0)
+        scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}[p99.group(2)]
+        return int(count.group(1)), elapsed, float(p99.group(1)) * scale
+    queue: multiprocessing.Queue[tuple[int, float]] = multiprocessing.Queue()
+    client = multiprocessing.Process(
+        target=_client, args=(port, path, connections, seconds, queue), daemon=True
+    )
+    client.start()
+    count, p99 = queue.get(timeout=seconds + 30)
+    client.join(5)
+    return count, seconds, p99
+
+
+def http_leg(
+    url: str, loop_kind: str, *, apps: tuple[str, ...], connections: tuple[int, ...],
+    rounds: int, seconds: float, pool_size: int = 10,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Every app on ``loop_kind``: one row per (app, connections) with medians."""
+    from pgpool_core.testing._server import free_port
+
+    rows = []
+    for app_kind in apps:
+        port = free_port()
+        ready = multiprocessing.Event()
+        server = multiprocessing.Process(
+            target=serve,
+            args=(app_kind, loop_kind, port, url),
+            kwargs={"ready": ready, "pool_size": pool_size},
+            daemon=True,
+        )
+        server.start()
+        try:
+            if not ready.wait(30):
+                raise RuntimeError(f"the {app_kind} application did not start")
+            run_load(port, PATHS["db"], max(connections), 1.0)  # warm up
+            for conns in connections:
+                legs: dict[str, list[tuple[float, float, float]]] = {"nodb": [], "db": []}
+                for round_no in range(rounds):
+                    for leg in ("nodb", "db") if round_no % 2 == 0 else ("db", "nodb"):
+                        cpu0 = process_cpu(server.pid)  # type: ignore[arg-type]
+                        count, elapsed, p99 = run_load(port, PATHS[leg], conns, seconds)
+                        cpu = process_cpu(server.pid) - cpu0  # type: ignore[arg-type]
+                        legs[leg].append((count / elapsed, p99, cpu / max(count, 1) * 1e6))
+                ratio = statistics.median(
+                    d[0] / n[0] for d, n in zip(legs["db"], legs["nodb"], strict=True)
+                )
+                row = {"loop": loop_kind, "app": app_kind, "connections": conns, "ratio": ratio}
+                for leg, values in legs.items():
+                    row[f"{leg}_rate"] = statistics.median(v[0] for v in values)
+                    row[f"{leg}_p99"] = statistics.median(v[1] for v in values)
+                    row[f"{leg}_cpu_us"] = statistics.median(v[2] for v in values)
+                rows.append(row)
+                print(
+                    f"  {loop_kind:7} HTTP {app_kind:18} c={conns:<3} {row['db_rate']:6.0f} req/s"
+                    f" = {ratio:.2f} of {row['nodb_rate']:.0f}; app CPU {row['db_cpu_us']:.0f}"
+                    f" vs {row['nodb_cpu_us']:.0f} us/req"
+                )
+        finally:
+            server.terminate()
+            server.join(5)
+    return rows
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=2.0)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--pool-size", type=int, default=10)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--apps", default="pgpool,sprockets-postgres")
     args = parser.parse_args()
 
     from pgpool_core.testing import start_first_available
-    from pgpool_core.testing._server import free_port
 
     server = None
     url = os.environ.get("PGPOOL_TEST_DSN")
@@ -144,47 +213,12 @@ def main() -> int:
             print("no PostgreSQL:", "; ".join(problems))
             return 1
         url = server.url
-    port = free_port()
-    ready = multiprocessing.Event()
-    app = multiprocessing.Process(
-        target=serve, args=(port, url, ready, args.pool_size), daemon=True
-    )
-    app.start()
     try:
-        if not ready.wait(30):
-            print("the application did not start")
-            return 1
-        client = "wrk" if shutil.which("wrk") else "asyncio keep-alive client"
-        print(f"one server process; load from {client}; {args.rounds} x {args.seconds:.0f} s")
-        run_load(port, PATHS["db"], 16, 1.0)  # warm up
-        summary = []
-        header = ("conns", "no-db req/s", "p99 ms", "db req/s", "p99 ms", "ratio")
-        print("{:>5} {:>12} {:>7} {:>9} {:>7} {:>6}".format(*header))
-        for connections in (16, 64):
-            rates: dict[str, list[float]] = {"nodb": [], "db": []}
-            p99s: dict[str, list[float]] = {"nodb": [], "db": []}
-            for round_no in range(args.rounds):
-                order = ("nodb", "db") if round_no % 2 == 0 else ("db", "nodb")
-                for leg in order:
-                    rate, p99 = run_load(port, PATHS[leg], connections, args.seconds)
-                    rates[leg].append(rate)
-                    p99s[leg].append(p99)
-            nodb, db = statistics.median(rates["nodb"]), statistics.median(rates["db"])
-            # Adjacent legs share the machine's state: the paired ratio is the stable number.
-            ratio = statistics.median(
-                d / n for d, n in zip(rates["db"], rates["nodb"], strict=True)
-            )
-            verdict = "ok" if ratio >= TARGET else "BELOW"
-            print(
-                f"{connections:>5} {nodb:>12.0f} {statistics.median(p99s['nodb']) * 1e3:>7.1f}"
-                f" {db:>9.0f} {statistics.median(p99s['db']) * 1e3:>7.1f} {ratio:>6.2f}"
-                f"  (target >= {TARGET:.2f} {verdict})"
-            )
-            summary.append(f"c={connections} {db:.0f} req/s = {ratio:.2f} of {nodb:.0f}")
-        print("summary:", "; ".join(summary))
+        http_leg(
+            url, args.loop, apps=tuple(args.apps.split(",")), connections=(16, 64),
+            rounds=args.rounds, seconds=args.seconds,
+        )  # fmt: skip
     finally:
-        app.terminate()
-        app.join(5)
         if server is not None:
             server.close()
     return 0
