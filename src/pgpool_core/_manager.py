@@ -47,6 +47,7 @@ from ._result import QueryResult
 from ._retry import RetryPolicy
 from ._returns import Canceller, needs_restore, restore_slot
 from ._session import (
+    ConnectorBlock,
     OnDuration,
     OnError,
     PostgresConnector,
@@ -63,6 +64,7 @@ from ._stopping import OwnedTasks, Shutdown
 from .errors import (
     ConfigurationError,
     PoolClosedError,
+    PoolError,
     PoolTimeoutError,
     PoolUnavailableError,
     SettingsError,
@@ -588,45 +590,69 @@ class PoolManager:
             callproc=True,
         )
 
-    @contextlib.asynccontextmanager
-    async def transaction(
-        self, timeout: float | None = None, *, resolve_commit: bool | None = None
-    ) -> AsyncIterator[PostgresConnector]:
-        """``BEGIN`` ... ``COMMIT`` on one connection; ``ROLLBACK`` if the block raises.
+    def transaction(
+        self,
+        timeout: float | None = None,
+        *,
+        resolve_commit: bool | None = None,
+        on_error: OnError | None = None,
+        on_duration: OnDuration | None = None,
+        checkout_failed: Callable[[PoolError], None] | None = None,
+    ) -> ConnectorBlock:
+        """``BEGIN`` ... ``COMMIT`` on one connection; ``ROLLBACK`` if the block raises
+        (an async context manager giving a :class:`PostgresConnector`).
 
         ``timeout`` bounds the whole transaction, from waiting for the connection to COMMIT.
         Leaving the block without an error commits, and returns only if the server
         committed: see :meth:`PostgresConnector.transaction` for what each error means.
-        ``resolve_commit`` overrides the ``resolve_commits`` setting for this transaction.
+        ``resolve_commit`` overrides the ``resolve_commits`` setting for this transaction;
+        ``on_error``, ``on_duration`` and ``checkout_failed`` are :meth:`connector`'s.
         """
-        async with (
-            self.connector(timeout=timeout) as connector,
-            connector.transaction(resolve_commit=resolve_commit),
-        ):
-            yield connector
+        return ConnectorBlock(
+            self._checkout.take_for,
+            functools.partial(self._connector_on, on_error=on_error, on_duration=on_duration),
+            self._release,
+            check_timeout(timeout),
+            transaction=True,
+            resolve_commit=resolve_commit,
+            checkout_failed=checkout_failed,
+        )
 
-    @contextlib.asynccontextmanager
-    async def connector(
+    def connector(
         self,
         on_error: OnError | None = None,
         on_duration: OnDuration | None = None,
         timeout: float | None = None,
-    ) -> AsyncIterator[PostgresConnector]:
-        """A connector pinned to one connection for the block, with sprockets-postgres hooks.
+        *,
+        checkout_failed: Callable[[PoolError], None] | None = None,
+    ) -> ConnectorBlock:
+        """A connector pinned to one connection for the block, with sprockets-postgres hooks
+        (an async context manager giving a :class:`PostgresConnector`).
 
         ``on_error(metric_name, exc)`` returns the exception to raise, or None to swallow
         it (the call then returns an empty result); ``on_duration(metric_name, seconds)``
-        gets each statement's duration.
+        gets each statement's duration. ``checkout_failed(exc)``, if given, gets a failure
+        to check a connection out: it raises, or returns and the block gets None.
         """
-        timeout = check_timeout(timeout)
-        async with self._holding(timeout) as (slot, deadline):
-            connector = PostgresConnector(
-                slot, deadline, self._tools, on_error=on_error, on_duration=on_duration
-            )
-            try:
-                yield connector
-            finally:
-                connector.end()
+        return ConnectorBlock(
+            self._checkout.take_for,
+            functools.partial(self._connector_on, on_error=on_error, on_duration=on_duration),
+            self._release,
+            check_timeout(timeout),
+            checkout_failed=checkout_failed,
+        )
+
+    def _connector_on(
+        self,
+        slot: Slot,
+        deadline: Deadline,
+        *,
+        on_error: OnError | None,
+        on_duration: OnDuration | None,
+    ) -> PostgresConnector:
+        return PostgresConnector(
+            slot, deadline, self._tools, on_error=on_error, on_duration=on_duration
+        )
 
     @contextlib.asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:

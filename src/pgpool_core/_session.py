@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import inspect
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -379,10 +379,7 @@ class PostgresConnector:
         elif status is TxStatus.IDLE:
             self._ended_by = conn.status_message()
 
-    @contextlib.asynccontextmanager
-    async def transaction(
-        self, *, resolve_commit: bool | None = None
-    ) -> AsyncIterator[PostgresConnector]:
+    def transaction(self, *, resolve_commit: bool | None = None) -> TransactionBlock:
         """``BEGIN`` on this connection; ``COMMIT`` when the block ends without an error,
         ``ROLLBACK`` when it raises. What leaving the block reports is what the server did:
 
@@ -404,7 +401,12 @@ class PostgresConnector:
         With ``on_error`` hooks, these errors go to the hook as ``postgres_transaction``;
         the exception it returns is raised, but None cannot swallow an outcome.
         """
-        tools, slot = self._tools, self._slot
+        return TransactionBlock(self, resolve_commit)
+
+    async def _open_transaction(self, resolve_commit: bool | None) -> XidMark | None:
+        """The start of a transaction block: BEGIN pending (or, to resolve commits, sent
+        now with the transaction id read); returns that id."""
+        tools = self._tools
         if self._in_transaction or self._done:
             raise TransactionUsageError(
                 "transaction() is already open on this connector (use SAVEPOINT), or its"
@@ -413,19 +415,23 @@ class PostgresConnector:
         resolve = tools.resolve_commits if resolve_commit is None else resolve_commit
         xid: XidMark | None = None
         if resolve:
-            row = (await tools.runner.run(slot, BEGIN_WITH_XID, None, self._deadline)).row
+            row = (await tools.runner.run(self._slot, BEGIN_WITH_XID, None, self._deadline)).row
             xid = None if row is None else XidMark(int(row["xid"]), row["started"])
         else:
             self._begin = "BEGIN"  # sent with the first statement
         self._in_transaction, self._failure, self._ended_by = True, None, None
         self._doomed = None
-        try:
-            yield self
-        except BaseException as exc:
-            self._in_transaction = False
+        return xid
+
+    async def _close_transaction(self, exc: BaseException | None, xid: XidMark | None) -> None:
+        """The end of a transaction block that raised ``exc`` (roll back) or None (commit);
+        returns only if what it reports is that the server committed."""
+        tools, slot = self._tools, self._slot
+        self._in_transaction = False
+        began = self._begin is None
+        self._begin = None
+        if exc is not None:
             conn = slot.conn
-            began = self._begin is None
-            self._begin = None
             # A cancelled caller is not kept waiting: releasing the slot rolls back.
             if (
                 began
@@ -434,10 +440,8 @@ class PostgresConnector:
             ):
                 with contextlib.suppress(Exception):  # else the release rolls back or discards
                     await tools.committer.rollback(slot)
-            raise
-        self._in_transaction = False
-        if self._begin is not None:  # no statement was sent: there is nothing to commit
-            self._begin = None
+            return
+        if not began:  # no statement was sent: there is nothing to commit
             return
         try:
             await tools.committer.commit(
@@ -448,6 +452,107 @@ class PostgresConnector:
                 ended_by=self._ended_by,
                 doomed=self._doomed is not None,
             )
-        except (psycopg2.Error, PoolError) as exc:
-            apply_on_error(self._on_error, "postgres_transaction", exc)
+        except (psycopg2.Error, PoolError) as error:
+            apply_on_error(self._on_error, "postgres_transaction", error)
             raise  # the hook returned None: an outcome is never swallowed
+
+
+class TransactionBlock:
+    """``async with connector.transaction()``: see :meth:`PostgresConnector.transaction`.
+
+    A plain class rather than ``@asynccontextmanager``: a transaction is entered on every
+    write, and a generator-based context manager costs several microseconds per layer."""
+
+    __slots__ = ("_connector", "_resolve", "_xid")
+
+    def __init__(self, connector: PostgresConnector, resolve_commit: bool | None) -> None:
+        self._connector = connector
+        self._resolve = resolve_commit
+        self._xid: XidMark | None = None
+
+    async def __aenter__(self) -> PostgresConnector:
+        self._xid = await self._connector._open_transaction(self._resolve)
+        return self._connector
+
+    async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        await self._connector._close_transaction(exc, self._xid)
+
+
+class ConnectorBlock:
+    """``async with pool.connector()`` / ``pool.transaction()``: a connection checked out
+    for the block and a :class:`PostgresConnector` on it (in a transaction with
+    ``transaction=True``); the connector ends and the connection is released when the
+    block ends, as bad if the block's error broke it.
+
+    ``checkout_failed`` (the adapters' sprockets-postgres semantics) gets a failure to check
+    a connection out: it raises, or returns None, which the block then gets instead of a
+    connector."""
+
+    __slots__ = (
+        "_checkout_failed",
+        "_connector",
+        "_make",
+        "_release",
+        "_resolve",
+        "_slot",
+        "_take_for",
+        "_timeout",
+        "_transaction",
+        "_xid",
+    )
+
+    def __init__(
+        self,
+        take_for: Callable[[float | None], Awaitable[tuple[Slot, Deadline]]],
+        make: Callable[[Slot, Deadline], PostgresConnector],
+        release: Callable[[Slot, bool], None],
+        timeout: float | None,
+        *,
+        transaction: bool = False,
+        resolve_commit: bool | None = None,
+        checkout_failed: Callable[[PoolError], None] | None = None,
+    ) -> None:
+        self._take_for = take_for
+        self._make = make
+        self._release = release
+        self._timeout = timeout
+        self._transaction = transaction
+        self._resolve = resolve_commit
+        self._checkout_failed = checkout_failed
+        self._slot: Slot | None = None
+        self._connector: PostgresConnector | None = None
+        self._xid: XidMark | None = None
+
+    async def __aenter__(self) -> PostgresConnector:
+        try:
+            slot, deadline = await self._take_for(self._timeout)
+        except PoolError as exc:
+            if self._checkout_failed is None:
+                raise
+            self._checkout_failed(exc)
+            return None  # type: ignore[return-value]  # as sprockets-postgres yields None
+        self._slot = slot
+        connector = self._connector = self._make(slot, deadline)
+        if self._transaction:
+            try:
+                self._xid = await connector._open_transaction(self._resolve)
+            except BaseException as exc:
+                connector.end()
+                self._release(slot, broke(slot, exc))
+                raise
+        return connector
+
+    async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
+        slot, connector = self._slot, self._connector
+        if slot is None or connector is None:
+            return  # the checkout failed and the hook swallowed it: nothing is held
+        failure = exc
+        try:
+            if self._transaction:
+                await connector._close_transaction(exc, self._xid)
+        except BaseException as error:
+            failure = error
+            raise
+        finally:
+            connector.end()
+            self._release(slot, failure is not None and broke(slot, failure))

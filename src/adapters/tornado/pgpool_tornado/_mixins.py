@@ -6,10 +6,10 @@ module wires the pool to the application, maps error kinds to HTTP and forwards 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
@@ -243,31 +243,41 @@ class ApplicationMixin:
             "pool_free": status.pool_free,
         }
 
-    @contextlib.asynccontextmanager
-    async def postgres_connector(
+    def postgres_connector(
         self,
         on_error: OnError | None = None,
         on_duration: OnDuration | None = None,
         timeout: Timeout = None,
-    ) -> AsyncIterator[PostgresConnector]:
-        """A :class:`~pgpool_core.PostgresConnector` on one pooled connection.
+    ) -> AbstractAsyncContextManager[PostgresConnector]:
+        """A :class:`~pgpool_core.PostgresConnector` on one pooled connection (an async
+        context manager).
 
         As in sprockets-postgres, a failure to get a connection also goes to
         ``on_error('postgres_connector', exc)``: the exception it returns is raised;
         if it returns None, the block gets ``None`` instead of a connector.
         """
-        async with contextlib.AsyncExitStack() as stack:
-            connector: PostgresConnector | None
-            try:
-                if self.postgres_pool is None:
-                    raise PoolClosedError("the PostgreSQL pool is not started")
-                connector = await stack.enter_async_context(
-                    self.postgres_pool.connector(on_error, on_duration, timeout)
-                )
-            except PoolError as exc:
-                apply_on_error(on_error, "postgres_connector", exc)
-                connector = None  # swallowed by the hook
-            yield cast(PostgresConnector, connector)
+
+        def checkout_failed(exc: PoolError) -> None:
+            apply_on_error(on_error, "postgres_connector", exc)
+
+        pool: PoolManager | None = self.postgres_pool
+        if pool is None:
+            return _NoPool(checkout_failed)
+        return pool.connector(on_error, on_duration, timeout, checkout_failed=checkout_failed)
+
+
+class _NoPool:
+    """``postgres_connector()`` before the pool exists: the failure goes to ``on_error``."""
+
+    def __init__(self, checkout_failed: Callable[[PoolError], None]) -> None:
+        self._checkout_failed = checkout_failed
+
+    async def __aenter__(self) -> PostgresConnector:
+        self._checkout_failed(PoolClosedError("the PostgreSQL pool is not started"))
+        return None  # type: ignore[return-value]  # swallowed by the hook, as upstream
+
+    async def __aexit__(self, *_exc: object) -> None:
+        return None
 
 
 class RequestHandlerMixin:
@@ -338,21 +348,28 @@ class RequestHandlerMixin:
         )
         return None if swallowed else result
 
-    @contextlib.asynccontextmanager
-    async def postgres_transaction(
+    def postgres_transaction(
         self, timeout: Timeout = None
-    ) -> AsyncIterator[PostgresConnector]:
-        """``BEGIN`` ... ``COMMIT`` on one connection; ``ROLLBACK`` on any error.
+    ) -> AbstractAsyncContextManager[PostgresConnector]:
+        """``BEGIN`` ... ``COMMIT`` on one connection; ``ROLLBACK`` on any error (an async
+        context manager giving a :class:`~pgpool_core.PostgresConnector`).
 
         ``timeout`` bounds the whole transaction, waiting for the connection included.
         """
-        async with self.application.postgres_connector(
-            self.on_postgres_error, self.on_postgres_timing, timeout
-        ) as connector:
-            if connector is None:
-                raise PoolClosedError("no database connection for the transaction")
-            async with connector.transaction():
-                yield connector
+
+        def checkout_failed(exc: PoolError) -> None:
+            apply_on_error(self.on_postgres_error, "postgres_connector", exc)
+            raise PoolClosedError("no database connection for the transaction")
+
+        pool: PoolManager | None = self.application.postgres_pool
+        if pool is None:
+            return _NoPool(checkout_failed)
+        return pool.transaction(
+            timeout,
+            on_error=self.on_postgres_error,
+            on_duration=self.on_postgres_timing,
+            checkout_failed=checkout_failed,
+        )
 
     def on_postgres_error(self, metric_name: str, exc: Exception) -> Exception | None:
         """Raise the HTTP error for a database failure (an override may instead return an
