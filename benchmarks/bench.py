@@ -311,6 +311,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
     parser.add_argument("--no-http", action="store_true", help="skip the HTTP leg")
     parser.add_argument("--rounds", type=int, help="override the mode's rounds")
+    parser.add_argument("--loops", default=",".join(LOOPS), help="event loops to run on")
     args = parser.parse_args()
     mode_name = args.mode or "quick"
     mode = MODES[mode_name]
@@ -318,22 +319,15 @@ def main() -> int:
         mode = dataclasses.replace(mode, rounds=args.rounds)
     started = time.monotonic()
 
-    from pgpool_core.testing import start_first_available
-
-    server = None
-    url = os.environ.get("PGPOOL_TEST_DSN")
-    version = "(given by PGPOOL_TEST_DSN)"
-    if not url:
-        server, problems = start_first_available()
-        if server is None:
-            print("no PostgreSQL for the benchmark:", "; ".join(problems), file=sys.stderr)
-            return 1
-        url, version = server.url, f"{server.version} ({server.source.value})"
+    server, url, version = postgres()
+    if url is None:
+        return 1
     kinds, skipped = pools.available()
-    loops = [k for k in LOOPS if k == "asyncio" or importlib.util.find_spec(k) is not None]
+    wanted = args.loops.split(",")
+    loops = [k for k in wanted if k == "asyncio" or importlib.util.find_spec(k) is not None]
     pgbench_binary = find_pgbench()
     notes = [f"skipped {s}" for s in skipped]
-    if "uvloop" not in loops:
+    if "uvloop" in wanted and "uvloop" not in loops:
         notes.append("uvloop not installed: asyncio only")
     if pgbench_binary is None:
         notes.append("pgbench not found: no C limit")
@@ -376,6 +370,20 @@ def main() -> int:
     )  # fmt: skip
     print(f"benchmark took {took:.0f} s; results in {args.out}/results.md")
     return 0
+
+
+def postgres() -> tuple[Any, str | None, str]:
+    """PGPOOL_TEST_DSN's server, or a throwaway one: (server to close or None, URL, version)."""
+    from pgpool_core.testing import start_first_available
+
+    url = os.environ.get("PGPOOL_TEST_DSN")
+    if url:
+        return None, url, "(given by PGPOOL_TEST_DSN)"
+    server, problems = start_first_available()
+    if server is None:
+        print("no PostgreSQL for the benchmark:", "; ".join(problems), file=sys.stderr)
+        return None, None, ""
+    return server, server.url, f"{server.version} ({server.source.value})"
 
 
 def run_on(loop_kind: str) -> Callable[[Awaitable[None]], None]:

@@ -43,9 +43,6 @@ class Slot:
     #: must serve nobody (it would cancel their statement).
     cancel_in_flight: asyncio.Future[None] | None = None
     acquired_at: float = 0.0
-    #: Its last statement was answered before anyone waited for it (a fast server): the
-    #: next statement on it first lets the other tasks run (see StatementRunner.run).
-    answered_at_once: bool = False
     #: Bumped on failover: connections of an older generation are not reused.
     generation: int = 0
 

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import math
 import re
+from asyncio import current_task
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -144,6 +145,8 @@ class StatementRunner:
         self._on_lost = on_lost
         self._on_read_only = on_read_only
         self._session_state = session_state
+        # The task whose last statement was answered before it waited (a fast server).
+        self._answered_at_once: asyncio.Task[Any] | None = None
 
     async def run(
         self,
@@ -166,13 +169,13 @@ class StatementRunner:
         completed first returns its result, an error is raised as is.
         """
         conn = slot.conn
-        if slot.answered_at_once:
-            # The last statement on this connection never suspended its caller: without a
-            # yield here, a caller that always gets its answer at once would run statement
-            # after statement while the others' answers wait (one task doing twice the
-            # work of the rest, and their p99 up). Before sending, so a cancellation that
-            # lands here means nothing was sent.
-            slot.answered_at_once = False
+        if self._answered_at_once is not None and self._answered_at_once is current_task():
+            # This caller's last statement never suspended it: without a yield here, a
+            # caller that always gets its answer at once would run statement after
+            # statement while the others' answers wait (one task doing twice the work of
+            # the rest, and their p99 up). Before sending, so a cancellation that lands
+            # here means nothing was sent.
+            self._answered_at_once = None
             await asyncio.sleep(0)
         if "\x00" in sql:
             raise QueryParameterError(
@@ -201,7 +204,8 @@ class StatementRunner:
         # deadline timer fails it with _Expired; neither stops the statement, which is
         # cancelled on the server (by _confirm_cancel or when the slot is released).
         slot.running = future
-        slot.answered_at_once = future.done()
+        if future.done():
+            self._answered_at_once = current_task()
         timers = self.timers
         timers.add(slot, deadline.at)
         try:
