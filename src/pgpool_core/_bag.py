@@ -43,6 +43,8 @@ class Slot:
     #: must serve nobody (it would cancel their statement).
     cancel_in_flight: asyncio.Future[None] | None = None
     acquired_at: float = 0.0
+    #: Messages sent on it so far: tells a call that failed whether anything left.
+    sent: int = 0
     #: Bumped on failover: connections of an older generation are not reused.
     generation: int = 0
 

@@ -612,7 +612,7 @@ class PoolManager:
             self._checkout.take_for,
             functools.partial(self._connector_on, on_error=on_error, on_duration=on_duration),
             self._release,
-            check_timeout(timeout),
+            timeout,  # checked on entering, as a failure to check out
             transaction=True,
             resolve_commit=resolve_commit,
             checkout_failed=checkout_failed,
@@ -638,7 +638,7 @@ class PoolManager:
             self._checkout.take_for,
             functools.partial(self._connector_on, on_error=on_error, on_duration=on_duration),
             self._release,
-            check_timeout(timeout),
+            timeout,  # checked on entering, as a failure to check out
             checkout_failed=checkout_failed,
         )
 

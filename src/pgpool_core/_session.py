@@ -20,8 +20,9 @@ from ._metrics import Recorder
 from ._result import QueryResult
 from ._returns import Canceller
 from ._statements import Deadline, SessionStateWarnings, StatementRunner, check_timeout
-from ._transaction import BEGIN_WITH_XID, Committer, XidMark
+from ._transaction import BEGIN_WITH_XID, Committer, XidMark, refuse_commit
 from .errors import (
+    CommitUnknownError,
     PoolClosedError,
     PoolError,
     QueryTimeoutError,
@@ -168,6 +169,12 @@ class SessionTools:
         return cls(clock, runner, committer, recorder, settings.resolve_commits)
 
 
+def _one_statement(sql: str) -> bool:
+    """Whether ``sql`` is one statement (no ``;`` but trailing ones): only then may BEGIN
+    share its message, so that a message the server rejects whole ran nothing."""
+    return ";" not in sql.rstrip().rstrip(";")
+
+
 class _BeginFirst:
     """A connector's cursor inside a transaction whose BEGIN is still pending: the first
     awaited call on it sends the BEGIN first."""
@@ -219,8 +226,15 @@ class PostgresConnector:
         # complete on the server, so the transaction must not commit (never cleared).
         self._doomed: BaseException | None = None
         # The transaction's BEGIN, until it has been sent: it goes with the block's first
-        # statement, in the same round trip.
+        # statement, in the same round trip. Once sent that way, whether it ran is
+        # unconfirmed until the message's answer says so (a message the server rejects
+        # whole, for a syntax error, runs none of it).
         self._begin: str | None = None
+        self._begin_unconfirmed = False
+        # A transaction block ended with its connection still busy or in a transaction
+        # (a statement that outlived its timeout, a cancelled caller): nothing more may run
+        # on it until the connector's block ends and the release cleans it up.
+        self._unclean = False
         self._done = False  # the block that checked this connection out has ended
         self._cursor: Any = None
 
@@ -241,8 +255,12 @@ class PostgresConnector:
             remaining = max(self._deadline.remaining(self._tools.clock()), 0.001)
             self._cursor = self._slot.conn.dict_cursor(remaining)
         if self._begin is not None:
-            return _BeginFirst(self._cursor, self._send_begin)
+            return _BeginFirst(self._cursor, self._send_pending_begin)
         return self._cursor
+
+    async def _send_pending_begin(self) -> None:
+        if self._begin is not None:
+            await self._send_begin(self._begin, self._deadline)
 
     def end(self) -> None:
         """The checkout is over: any later use of this connector is refused, and its
@@ -280,21 +298,27 @@ class PostgresConnector:
         deadline = self._deadline.sooner(started, check_timeout(timeout))
         failure: BaseException | None = None
         try:
-            if self._begin is None:
+            # The turn first: between reading the pending BEGIN and sending, nothing yields.
+            await tools.runner.turn()
+            begin = self._begin
+            if begin is None:
                 result = await tools.runner.run(
                     self._slot, sql, params, deadline, callproc=callproc
                 )
-            elif callproc:
-                await self._send_begin(deadline)
-                result = await tools.runner.run(self._slot, sql, params, deadline, callproc=True)
+            elif callproc or not _one_statement(sql):
+                await self._send_begin(begin, deadline)
+                result = await tools.runner.run(
+                    self._slot, sql, params, deadline, callproc=callproc
+                )
             else:
-                result = await self._run_first(self._begin, sql, params, deadline)
+                result = await self._run_first(begin, sql, params, deadline)
         except (psycopg2.Error, PoolError) as exc:
             failure = exc
             if self._in_transaction:
                 self._failure = self._failure or exc
                 if isinstance(exc, (QueryTimeoutError, PoolClosedError)):
                     self._doomed = self._doomed or exc
+                self._note_ended_inside()
             apply_on_error(self._on_error, metric_name, exc)
             return QueryResult(0, [])  # swallowed by the hook
         except BaseException as exc:
@@ -315,6 +339,12 @@ class PostgresConnector:
                 "this connector's block has ended and its connection went back to the pool;"
                 " nothing was sent"
             )
+        if self._unclean:
+            raise TransactionUsageError(
+                "an earlier transaction of this connector left its connection busy or in a"
+                " transaction (it is cleaned up when the connector's block ends); nothing"
+                " was sent"
+            )
         if not self._in_transaction:
             return
         if self._doomed is not None:
@@ -334,42 +364,60 @@ class PostgresConnector:
                 " to roll back, or use SAVEPOINT / ROLLBACK TO SAVEPOINT; nothing was sent"
             )
 
-    async def _send_begin(self, deadline: Deadline | None = None) -> None:
-        """Send the transaction's pending BEGIN on its own."""
-        begin, self._begin = self._begin, None
-        if begin is not None:
-            try:
-                await self._tools.runner.run(self._slot, begin, None, deadline or self._deadline)
-            except BaseException:
-                self._keep_begin_if_unsent(begin)
-                raise
+    async def _send_begin(self, begin: str, deadline: Deadline) -> None:
+        """Send the transaction's pending ``begin`` on its own."""
+        slot = self._slot
+        sent = slot.sent
+        self._begin = None
+        try:
+            await self._tools.runner.run(slot, begin, None, deadline)
+        except BaseException:
+            if slot.sent == sent:  # nothing reached the server: still pending
+                self._begin = begin
+            raise
 
     async def _run_first(
         self, begin: str, sql: str, params: Any, deadline: Deadline
     ) -> QueryResult:
-        """The transaction's first statement, with its ``begin`` in the same round trip."""
+        """The transaction's first statement (one statement: no ``;`` but a trailing one),
+        with its ``begin`` in the same round trip."""
         tools, slot = self._tools, self._slot
-        self._begin = None
+        sent = slot.sent
+        self._begin, self._begin_unconfirmed = None, True
         try:
-            return await tools.runner.run(slot, sql, params, deadline, begin=begin)
-        except psycopg2.Error:
+            result = await tools.runner.run(slot, sql, params, deadline, begin=begin)
+        except BaseException as exc:
             conn = slot.conn
-            if conn.closed or conn.is_busy() or conn.transaction_status() is not TxStatus.IDLE:
+            if slot.sent == sent:  # nothing reached the server: still pending
+                self._begin, self._begin_unconfirmed = begin, False
                 raise
-        except BaseException:
-            self._keep_begin_if_unsent(begin)
-            raise
-        # The server rejected the text before running any of it (a syntax error): BEGIN did
-        # not run either. One by one, as without the shortcut: the statement fails again,
-        # inside the transaction, and leaves it aborted like any failed statement.
-        await tools.runner.run(slot, begin, None, deadline)
+            if not isinstance(exc, psycopg2.Error) or conn.closed or conn.is_busy():
+                raise  # left unconfirmed: the transaction's end looks at the server's state
+            if conn.transaction_status() is not TxStatus.IDLE:
+                self._begin_unconfirmed = False  # BEGIN ran; the statement failed
+                raise
+        else:
+            self._begin_unconfirmed = False
+            return result
+        # The server rejected the message before running any of it (a syntax error): BEGIN
+        # did not run either. One by one, as without the shortcut: the statement fails
+        # again, inside the transaction, and leaves it aborted like any failed statement.
+        self._begin_unconfirmed = False
+        self._begin = begin
+        await self._send_begin(begin, deadline)
         return await tools.runner.run(slot, sql, params, deadline)
 
-    def _keep_begin_if_unsent(self, begin: str) -> None:
-        """After a failed send: BEGIN is still pending if nothing reached the server."""
+    def _note_ended_inside(self) -> None:
+        """After a failed statement: an idle connection means the statement's text ended
+        the transaction itself (a COMMIT or ROLLBACK after a ``;``) before failing."""
         conn = self._slot.conn
-        if not (conn.closed or conn.is_busy()) and conn.transaction_status() is TxStatus.IDLE:
-            self._begin = begin
+        if (
+            self._begin is None
+            and not self._begin_unconfirmed
+            and not (conn.closed or conn.is_busy())
+            and conn.transaction_status() is TxStatus.IDLE
+        ):
+            self._ended_by = self._ended_by or "its own COMMIT or ROLLBACK, then an error"
 
     def _after_statement(self) -> None:
         conn = self._slot.conn
@@ -404,48 +452,93 @@ class PostgresConnector:
         return TransactionBlock(self, resolve_commit)
 
     async def _open_transaction(self, resolve_commit: bool | None) -> XidMark | None:
-        """The start of a transaction block: BEGIN pending (or, to resolve commits, sent
-        now with the transaction id read); returns that id."""
+        """The start of a transaction block: BEGIN pending (sent with the first statement),
+        or sent now: to read the transaction id (resolving commits), or because a cursor
+        handed out earlier may run the block's first statement; returns that id."""
         tools = self._tools
-        if self._in_transaction or self._done:
+        if self._in_transaction or self._done or self._unclean:
             raise TransactionUsageError(
-                "transaction() is already open on this connector (use SAVEPOINT), or its"
-                " block has ended; nothing was sent"
+                "transaction() is already open on this connector (use SAVEPOINT), its block"
+                " has ended, or an earlier transaction left its connection busy; nothing was"
+                " sent"
             )
         resolve = tools.resolve_commits if resolve_commit is None else resolve_commit
         xid: XidMark | None = None
         if resolve:
             row = (await tools.runner.run(self._slot, BEGIN_WITH_XID, None, self._deadline)).row
             xid = None if row is None else XidMark(int(row["xid"]), row["started"])
+        elif self._cursor is not None:
+            await tools.runner.run(self._slot, "BEGIN", None, self._deadline)
         else:
-            self._begin = "BEGIN"  # sent with the first statement
+            self._begin = "BEGIN"
         self._in_transaction, self._failure, self._ended_by = True, None, None
         self._doomed = None
         return xid
 
     async def _close_transaction(self, exc: BaseException | None, xid: XidMark | None) -> None:
         """The end of a transaction block that raised ``exc`` (roll back) or None (commit);
-        returns only if what it reports is that the server committed."""
+        returns only if what it reports is that the server committed (or ran nothing and
+        nothing failed)."""
         tools, slot = self._tools, self._slot
+        conn = slot.conn
         self._in_transaction = False
-        began = self._begin is None
-        self._begin = None
-        if exc is not None:
-            conn = slot.conn
-            # A cancelled caller is not kept waiting: releasing the slot rolls back.
-            if (
-                began
-                and not isinstance(exc, asyncio.CancelledError)
-                and not (conn.is_busy() or conn.closed)
-            ):
-                with contextlib.suppress(Exception):  # else the release rolls back or discards
-                    await tools.committer.rollback(slot)
-            return
-        if not began:  # no statement was sent: there is nothing to commit
-            return
+        nothing_ran = self._begin is not None or (
+            # The message that carried BEGIN was rejected whole (its answer came after the
+            # caller stopped waiting): the server is idle and nothing of the block ran.
+            self._begin_unconfirmed
+            and self._ended_by is None
+            and not conn.is_busy()
+            and conn.transaction_status() is TxStatus.IDLE
+        )
+        self._begin, self._begin_unconfirmed = None, False
         try:
-            await tools.committer.commit(
-                slot,
+            if exc is not None:
+                ended_by = self._ended_by
+                if ended_by is not None and not isinstance(exc, asyncio.CancelledError):
+                    raise CommitUnknownError(
+                        f"a statement of the block ended the transaction itself ({ended_by})"
+                        f" before the block raised {type(exc).__name__}: what it committed"
+                        " stays committed, and the pool cannot tell what that was"
+                    ) from exc
+                # A cancelled caller is not kept waiting: releasing the slot rolls back.
+                if not (
+                    nothing_ran
+                    or isinstance(exc, asyncio.CancelledError)
+                    or conn.is_busy()
+                    or conn.closed
+                ):
+                    with contextlib.suppress(Exception):  # else the release cleans up
+                        await tools.committer.rollback(slot)
+                return
+            if nothing_ran:
+                self._refuse_empty_commit()
+                return
+            await self._commit(xid)
+        finally:
+            if not conn.closed and (
+                conn.is_busy() or conn.transaction_status() is not TxStatus.IDLE
+            ):
+                self._unclean = True
+
+    def _refuse_empty_commit(self) -> None:
+        """Leaving a block of which nothing ran: as a commit would be refused (a statement
+        ran out of time, the deadline passed), else nothing to do."""
+        refusal = refuse_commit(
+            TxStatus.INTRANS,
+            deadline_passed=self._deadline.at <= self._tools.clock(),
+            total=self._deadline.total,
+            failure=self._doomed or self._failure,
+            ended_by=None,
+            doomed=self._doomed is not None,
+        )
+        if refusal is not None:
+            apply_on_error(self._on_error, "postgres_transaction", refusal.error)
+            raise refusal.error  # the hook returned None: an outcome is never swallowed
+
+    async def _commit(self, xid: XidMark | None) -> None:
+        try:
+            await self._tools.committer.commit(
+                self._slot,
                 self._deadline,
                 xid=xid,
                 failure=self._doomed or self._failure,
@@ -506,7 +599,7 @@ class ConnectorBlock:
         take_for: Callable[[float | None], Awaitable[tuple[Slot, Deadline]]],
         make: Callable[[Slot, Deadline], PostgresConnector],
         release: Callable[[Slot, bool], None],
-        timeout: float | None,
+        timeout: object,
         *,
         transaction: bool = False,
         resolve_commit: bool | None = None,
@@ -524,8 +617,13 @@ class ConnectorBlock:
         self._xid: XidMark | None = None
 
     async def __aenter__(self) -> PostgresConnector:
+        if self._slot is not None:
+            raise TransactionUsageError(
+                "this connector block was already entered: each `async with` needs its own"
+                " pool.connector() / pool.transaction(); nothing was checked out"
+            )
         try:
-            slot, deadline = await self._take_for(self._timeout)
+            slot, deadline = await self._take_for(check_timeout(self._timeout))
         except PoolError as exc:
             if self._checkout_failed is None:
                 raise

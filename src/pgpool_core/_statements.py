@@ -148,6 +148,19 @@ class StatementRunner:
         # The task whose last statement was answered before it waited (a fast server).
         self._answered_at_once: asyncio.Task[Any] | None = None
 
+    async def turn(self) -> None:
+        """Let the other tasks run first if this caller's last statement never suspended it.
+
+        Without this yield a caller that always gets its answer at once (a fast server)
+        would run statement after statement while the others' answers wait (one task doing
+        twice the work of the rest, and their p99 up). :meth:`run` takes its turn before
+        sending (so a cancellation that lands here means nothing was sent); a caller that
+        must read its own state and send with no yield in between takes it first.
+        """
+        if self._answered_at_once is not None and self._answered_at_once is current_task():
+            self._answered_at_once = None
+            await asyncio.sleep(0)
+
     async def run(
         self,
         slot: Slot,
@@ -169,14 +182,7 @@ class StatementRunner:
         completed first returns its result, an error is raised as is.
         """
         conn = slot.conn
-        if self._answered_at_once is not None and self._answered_at_once is current_task():
-            # This caller's last statement never suspended it: without a yield here, a
-            # caller that always gets its answer at once would run statement after
-            # statement while the others' answers wait (one task doing twice the work of
-            # the rest, and their p99 up). Before sending, so a cancellation that lands
-            # here means nothing was sent.
-            self._answered_at_once = None
-            await asyncio.sleep(0)
+        await self.turn()
         if "\x00" in sql:
             raise QueryParameterError(
                 "statement text contains a NUL character (libpq would cut the statement"
@@ -195,6 +201,7 @@ class StatementRunner:
             future = conn.send(
                 sql if begin is None else f"{begin}; {sql}", params, callproc=callproc
             )
+            slot.sent += 1
             slot.outcome = None  # an earlier statement's end, caught when it was abandoned
         except (IndexError, KeyError, TypeError, ValueError, psycopg2.ProgrammingError) as exc:
             raise QueryParameterError(

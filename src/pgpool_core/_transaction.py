@@ -62,7 +62,7 @@ class Refusal:
 
     __slots__ = ("error", "rollback")
 
-    def __init__(self, error: BaseException, *, rollback: bool) -> None:
+    def __init__(self, error: Exception, *, rollback: bool) -> None:
         self.error = error
         self.rollback = rollback
 
@@ -304,7 +304,9 @@ class Committer:
     ) -> None:
         """Raise unless the server's answer to COMMIT says it committed."""
         # Closed at the bound: the deadline timer cut it (as the timer tells due from not).
-        if not answer.done() or (conn.closed and due(until, self._clock())):
+        if not answer.done() or (
+            conn.closed and answer.exception() is not None and due(until, self._clock())
+        ):
             conn.close()
             raise CommitUnknownError(
                 f"COMMIT was sent but no answer came within {self._cancel_timeout:.3f} s"

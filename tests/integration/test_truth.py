@@ -28,6 +28,7 @@ from pgpool_core import (
     QueryTimeoutError,
     SettingsError,
     TransactionRolledBackError,
+    TransactionUsageError,
     classify,
     sqlstate,
 )
@@ -570,4 +571,105 @@ async def test_begin_travels_with_the_first_statement(
     assert first == {"one_message": True, "no_xid_yet": True}
     assert later == {"same_transaction": True, "has_xid": True}
     assert "one-trip" in _tokens(postgres_server, db)
+    await _clean(postgres_server, db)
+
+
+async def test_cursor_taken_before_the_transaction_runs_inside_it(
+    pool: PoolManager, url: str, postgres_server: PostgresServer
+) -> None:
+    """A cursor handed out before transaction() cannot know about a pending BEGIN, so
+    BEGIN is sent on entering the block: its INSERT is rolled back with the block."""
+    db = database_of(url)
+
+    async def body() -> None:
+        async with pool.connector() as c:
+            cur = c.cursor
+            async with c.transaction():
+                await cur.execute("INSERT INTO truth VALUES ('early-cursor')")
+                raise RuntimeError("roll me back")
+
+    with pytest.raises(RuntimeError, match="roll me back"):
+        await body()
+    assert _tokens(postgres_server, db) == {"taken"}
+    await _clean(postgres_server, db)
+
+
+async def test_text_that_ends_the_transaction_then_fails_is_run_once_and_reported_unknown(
+    pool: PoolManager, url: str, postgres_server: PostgresServer
+) -> None:
+    """A first statement whose text commits the transaction itself and then fails: BEGIN
+    goes alone (more than one statement), the text runs once, and the block's error says
+    that what the text committed stays committed."""
+    db = database_of(url)
+    with pytest.raises(CommitUnknownError, match="ended the transaction itself") as caught:
+        async with pool.transaction() as tx:
+            await tx.execute("INSERT INTO truth VALUES ('once'); COMMIT; SELECT 1/0")
+    assert isinstance(caught.value.__cause__, psycopg2.errors.DivisionByZero)
+    assert _tokens(postgres_server, db) == {"taken", "once"}
+    await _clean(postgres_server, db)
+
+
+async def test_begin_waits_while_an_earlier_statement_still_runs(
+    pool: PoolManager, url: str, postgres_server: PostgresServer
+) -> None:
+    """An earlier statement of the connector still runs (its caller gave up): the
+    transaction's first statement is refused before sending, and its BEGIN stays pending
+    for the next statement, which therefore runs inside the transaction and is rolled back
+    with it."""
+    db = database_of(url)
+
+    async def body() -> None:
+        async with pool.connector() as c:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(c.execute("SELECT pg_sleep(0.5)"), 0.1)
+            async with c.transaction():
+                with pytest.raises(QueryParameterError, match="nothing was sent"):
+                    await c.execute("INSERT INTO truth VALUES ('a')")
+                await wait_for_condition(lambda: _states(postgres_server, db)["active"] == 0)
+                await c.execute("INSERT INTO truth VALUES ('b')")
+                raise RuntimeError("roll back")
+
+    with pytest.raises(RuntimeError, match="roll back"):
+        await body()
+    assert _tokens(postgres_server, db) == {"taken"}
+    await _clean(postgres_server, db)
+
+
+async def test_a_transaction_left_running_blocks_the_next_on_its_connector(
+    pool: PoolManager, url: str, postgres_server: PostgresServer
+) -> None:
+    """T1's statement outlives its timeout (the caller hears "rolled back"); the connector
+    still holds the connection, busy or in T1's transaction. T2 on that connector is
+    refused before sending (it would run inside T1 and commit T1's row); the release at the
+    connector's end rolls T1 back."""
+    db = database_of(url)
+    async with pool.connector() as c:
+        with pytest.raises(QueryTimeoutError, match="rolled back"):
+            async with c.transaction():
+                await c.execute("INSERT INTO truth SELECT 't1' FROM pg_sleep(0.5)", timeout=0.1)
+        with pytest.raises(TransactionUsageError, match="nothing was sent"):
+            async with c.transaction():
+                await c.execute("INSERT INTO truth VALUES ('t2')")
+    await _clean(postgres_server, db)
+    assert _tokens(postgres_server, db) == {"taken"}
+
+
+async def test_a_first_message_rejected_after_its_timeout_reports_a_rollback(
+    pool: PoolManager, url: str, postgres_server: PostgresServer
+) -> None:
+    """The first message (BEGIN and a statement the parser needs about a second to reject)
+    outlives its timeout; the caller catches that and leaves the block. The server ran
+    nothing of it: the report is a rollback, not a COMMIT of unknown outcome."""
+    db = database_of(url)
+    slow_to_reject = "SELECT " + "1+" * 3_000_000 + ")"
+
+    async def body() -> None:
+        async with pool.transaction() as tx:
+            with contextlib.suppress(QueryTimeoutError):
+                await tx.execute(slow_to_reject, timeout=0.2)
+            await wait_for_condition(lambda: _states(postgres_server, db)["active"] == 0)
+
+    with pytest.raises(TransactionRolledBackError):
+        await body()
+    assert _tokens(postgres_server, db) == {"taken"}
     await _clean(postgres_server, db)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, cast
+from unittest.mock import Mock
 
 import problemdetails
 import psycopg2
@@ -24,7 +25,7 @@ import psycopg2.errors
 import pytest
 from pytest_socket import enable_socket, socket_allow_hosts
 from sprockets.http import app as sprockets_app
-from tornado import escape, httpclient, httpserver, netutil, web
+from tornado import escape, httpclient, httpserver, httputil, netutil, web
 
 import pgpool_sprockets
 import pgpool_tornado._mixins
@@ -964,6 +965,49 @@ async def test_connector_success_does_not_call_on_error(
         assert (await connector.execute("SELECT 1", metric_name="one")).row == {"?column?": 1}
     assert (hook.calls, durations) == ([], ["one"])
     assert fake.connections[0].statements == ["SELECT 1"]
+
+
+async def test_connector_with_a_bad_timeout_goes_to_on_error(app: Application) -> None:
+    """A timeout that is not a number is a failure to get a connector, as upstream's: it
+    reaches on_error('postgres_connector') naming the value, and nothing is checked out."""
+    swallow = OnError(lambda exc: None)
+    async with app.postgres_connector(on_error=swallow, timeout="1") as connector:  # type: ignore[arg-type]
+        assert cast(object, connector) is None
+    assert [(name, type(exc).__name__) for name, exc in swallow.calls] == [
+        ("postgres_connector", "SettingsError")
+    ]
+    assert "'1'" in str(swallow.calls[0][1])
+    assert app.postgres_pool is not None
+    stats = app.postgres_pool.stats()
+    assert stats["pool_available"] == stats["pool_size"]
+
+
+class OwnConnectorApplication(Application):
+    """Overrides postgres_connector: postgres_transaction must go through it, as upstream's."""
+
+    def postgres_connector(self, *args: Any, **kwargs: Any) -> Any:
+        self.timings.append(("own postgres_connector", "", 0.0))
+        return super().postgres_connector(*args, **kwargs)
+
+
+async def test_postgres_transaction_goes_through_an_overridden_connector(
+    fake_pools: None, fake: FakeConnector
+) -> None:
+    application = OwnConnectorApplication([], postgres_url=URL, postgres_min_pool_size=0)
+    await application.postgres_start()
+    try:
+        request = httputil.HTTPServerRequest(
+            start_line=httputil.RequestStartLine("GET", "/", "HTTP/1.1"),
+            headers=httputil.HTTPHeaders({"Host": "localhost"}),
+            connection=Mock(),
+        )
+        handler = Handler(application, request)
+        async with handler.postgres_transaction() as tx:
+            await tx.execute("UPDATE t SET x = 1")
+    finally:
+        await application.postgres_stop(0.5)
+    assert application.timings == [("own postgres_connector", "", 0.0)]
+    assert fake.connections[0].messages == ["BEGIN; UPDATE t SET x = 1", "COMMIT"]
 
 
 # -- write_error -------------------------------------------------------------------------------

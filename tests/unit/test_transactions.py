@@ -9,6 +9,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import psycopg2
 import psycopg2.errors
@@ -620,3 +621,104 @@ async def test_first_statement_with_a_syntax_error_is_retried_inside_the_transac
         async with pool.transaction() as tx:
             await tx.execute("SELEC 1")
     assert _conn(fake).messages == ["BEGIN; SELEC 1", "BEGIN", "SELEC 1", "ROLLBACK"]
+
+
+async def test_swallowed_timeout_before_the_first_statement_is_not_a_commit(
+    pool: PoolManager, fake: FakeConnector, clock: Clock
+) -> None:
+    """The transaction's budget is gone before its first statement is sent ("nothing was
+    sent"), and an on_error hook swallows that: leaving the block still says the transaction
+    did not happen (nothing of it ran), never returns as if it had committed."""
+    seen: list[str] = []
+
+    def swallow(name: str, exc: Exception) -> None:
+        seen.append(f"{name}:{type(exc).__name__}")
+
+    async def body() -> None:
+        async with pool.connector(on_error=swallow, timeout=1.0) as c, c.transaction():
+            clock.now += 2
+            await c.execute("INSERT INTO t VALUES (1)", metric_name="insert")
+
+    with pytest.raises(TransactionRolledBackError, match="ran out of time"):
+        await body()
+    assert seen == ["insert:QueryTimeoutError", "postgres_transaction:TransactionRolledBackError"]
+    assert [m for conn in fake.connections for m in conn.messages] == []
+
+
+async def test_deadline_between_a_rejected_first_message_and_its_replay(
+    pool: PoolManager, fake: FakeConnector, clock: Clock
+) -> None:
+    """The first message (BEGIN with a syntax error) is rejected whole; the deadline passes
+    before the replay's BEGIN is sent. Nothing ran on the server: the block reports a
+    rollback (the timeout), not an unknown commit."""
+    fake.on("^SELEC ", error=psycopg2.errors.SyntaxError("syntax error at or near SELEC"))
+
+    async def body() -> None:
+        async with pool.transaction(timeout=5) as tx:
+            conn: Any = tx._slot.conn
+            send = conn.send
+
+            def late(sql: str, params: Any, **kw: Any) -> Any:
+                future = send(sql, params, **kw)
+                if sql.startswith("BEGIN; SELEC"):
+                    clock.now += 10  # the deadline passes while the answer travels
+                return future
+
+            conn.send = late
+            with contextlib.suppress(QueryTimeoutError):
+                await tx.execute("SELEC 1")
+
+    with pytest.raises(TransactionRolledBackError, match="ran out of time"):
+        await body()
+    assert _conn(fake).messages == ["BEGIN; SELEC 1"]
+
+
+async def test_first_message_rejected_after_its_timeout_is_no_unknown_commit(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """The deadline fires while the first message (BEGIN with a syntax error) is in flight;
+    its answer then leaves the connection idle: the server ran nothing of the block, which
+    leaving it reports as rolled back (not as a COMMIT of unknown outcome)."""
+    gate = asyncio.Event()
+    fake.on("^SELEC ", error=psycopg2.errors.SyntaxError("syntax error"), gate=gate)
+
+    async def body() -> None:
+        async with pool.connector(on_error=lambda _n, _e: None) as c, c.transaction():
+            await c.execute("SELEC 1", timeout=0.05)  # the timeout, swallowed
+            gate.set()
+            await until(lambda: not _conn(fake).is_busy())
+
+    with pytest.raises(TransactionRolledBackError, match="ran out of time"):
+        await body()
+    assert "COMMIT" not in _sent(fake)
+
+
+async def test_a_second_task_on_the_connector_cannot_skip_the_pending_begin(
+    pool: PoolManager, fake: FakeConnector
+) -> None:
+    """Two tasks on one connector (unsupported): the pending BEGIN is read and sent with no
+    yield in between, so the second task's statement never goes out on its own as an
+    autocommitted one."""
+    fake.on("^SELECT 2", instant=True)
+    async with pool.connector() as c:
+        await c.execute("SELECT 2")  # answered at once: this task yields before its next send
+        with contextlib.suppress(Exception):
+            async with c.transaction():
+                other = asyncio.ensure_future(c.execute("INSERT INTO t VALUES ('b')"))
+                with contextlib.suppress(RuntimeError, QueryParameterError):
+                    await c.execute("INSERT INTO t VALUES ('a')")
+                with contextlib.suppress(RuntimeError, QueryParameterError):
+                    await other
+    assert "INSERT INTO t VALUES ('b')" not in _conn(fake).messages
+
+
+async def test_a_connector_block_is_entered_once(pool: PoolManager) -> None:
+    """Entering the same block object again is refused before anything is checked out (it
+    would lose track of the first connection)."""
+    block = pool.connector()
+    async with block:
+        with pytest.raises(TransactionUsageError, match="already entered"):
+            async with block:
+                pass
+    stats = pool.stats()
+    assert stats["pool_available"] == stats["pool_size"]

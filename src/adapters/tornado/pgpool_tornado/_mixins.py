@@ -6,9 +6,10 @@ module wires the pool to the application, maps error kinds to HTTP and forwards 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
@@ -266,6 +267,18 @@ class ApplicationMixin:
         return pool.connector(on_error, on_duration, timeout, checkout_failed=checkout_failed)
 
 
+@contextlib.asynccontextmanager
+async def _transaction_on(
+    connector_block: AbstractAsyncContextManager[PostgresConnector | None],
+) -> AsyncIterator[PostgresConnector]:
+    """A transaction on the connector of an overridden ``postgres_connector``."""
+    async with connector_block as connector:
+        if connector is None:
+            raise PoolClosedError("no database connection for the transaction")
+        async with connector.transaction():
+            yield connector
+
+
 class _NoPool:
     """``postgres_connector()`` before the pool exists: the failure goes to ``on_error``."""
 
@@ -361,7 +374,15 @@ class RequestHandlerMixin:
             apply_on_error(self.on_postgres_error, "postgres_connector", exc)
             raise PoolClosedError("no database connection for the transaction")
 
-        pool: PoolManager | None = self.application.postgres_pool
+        application = self.application
+        if type(application).postgres_connector is not ApplicationMixin.postgres_connector:
+            # The application overrides postgres_connector: go through it, as upstream did.
+            return _transaction_on(
+                application.postgres_connector(
+                    self.on_postgres_error, self.on_postgres_timing, timeout
+                )
+            )
+        pool: PoolManager | None = application.postgres_pool
         if pool is None:
             return _NoPool(checkout_failed)
         return pool.transaction(
