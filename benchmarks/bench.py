@@ -164,11 +164,13 @@ async def pgbench(
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     latencies, per_client = _pgbench_log(workdir, cell.tasks)
     tps = next(
-        float(line.split()[2]) for line in out.decode().splitlines() if line.startswith("tps = ")
+        (float(line.split()[2]) for line in out.decode().splitlines() if line.startswith("tps = ")),
+        None,
     )
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     run = Run.of(len(latencies), duration, latencies=latencies, per_task=per_client, cpu=cpu)
-    run.rate = tps  # pgbench's own rate excludes its connection set-up
+    if tps is not None:  # pgbench's own rate excludes its connection set-up
+        run.rate = tps
     return run
 
 

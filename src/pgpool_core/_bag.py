@@ -12,7 +12,7 @@ import asyncio
 import collections
 import contextlib
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ._connector import DriverConnection
 
@@ -45,6 +45,8 @@ class Slot:
     acquired_at: float = 0.0
     #: Messages sent on it so far: tells a call that failed whether anything left.
     sent: int = 0
+    #: The task that last took it from the idle list.
+    holder: asyncio.Task[Any] | None = None
     #: Bumped on failover: connections of an older generation are not reused.
     generation: int = 0
 
@@ -204,6 +206,13 @@ class Bag(Generic[W]):
             self.check_out(slot, now)
             return slot, dead
         return None, dead
+
+    def step_aside(self, holder: object) -> None:
+        """If the warmest idle connection was last taken by ``holder``, put the next warmest
+        in front of it (so that callers rotate over the connections in use)."""
+        idle = self.idle
+        if len(idle) > 1 and idle[-1].holder is holder:
+            idle[-1], idle[-2] = idle[-2], idle[-1]
 
     def reusable(self, slot: Slot, now: float) -> bool:
         """Whether a returned, healthy connection may be used again: young enough and of
