@@ -148,7 +148,7 @@ class Checkout:
             if slot is None:
                 break
             if now - slot.last_used < self._validate_after and not slot.conn.has_pending_input():
-                slot.holder = current_task()
+                slot.holder = me
                 return slot
             # Idle long enough that the server may have dropped it (restart,
             # pg_terminate_backend, idle timeouts), or the server sent something while it

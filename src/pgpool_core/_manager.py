@@ -608,11 +608,10 @@ class PoolManager:
         ``resolve_commit`` overrides the ``resolve_commits`` setting for this transaction;
         ``on_error``, ``on_duration`` and ``checkout_failed`` are :meth:`connector`'s.
         """
-        return ConnectorBlock(
-            self._checkout.take_for,
-            functools.partial(self._connector_on, on_error=on_error, on_duration=on_duration),
-            self._release,
-            timeout,  # checked on entering, as a failure to check out
+        return self._block(
+            timeout,
+            on_error,
+            on_duration,
             transaction=True,
             resolve_commit=resolve_commit,
             checkout_failed=checkout_failed,
@@ -634,25 +633,24 @@ class PoolManager:
         gets each statement's duration. ``checkout_failed(exc)``, if given, gets a failure
         to check a connection out: it raises, or returns and the block gets None.
         """
-        return ConnectorBlock(
-            self._checkout.take_for,
-            functools.partial(self._connector_on, on_error=on_error, on_duration=on_duration),
-            self._release,
-            timeout,  # checked on entering, as a failure to check out
-            checkout_failed=checkout_failed,
-        )
+        return self._block(timeout, on_error, on_duration, checkout_failed=checkout_failed)
 
-    def _connector_on(
+    def _block(
         self,
-        slot: Slot,
-        deadline: Deadline,
-        *,
+        timeout: float | None,
         on_error: OnError | None,
         on_duration: OnDuration | None,
-    ) -> PostgresConnector:
-        return PostgresConnector(
-            slot, deadline, self._tools, on_error=on_error, on_duration=on_duration
-        )
+        **options: Any,
+    ) -> ConnectorBlock:
+        """The block of :meth:`connector` and :meth:`transaction` (``timeout`` is checked on
+        entering, as a failure to check out)."""
+
+        def make(slot: Slot, deadline: Deadline) -> PostgresConnector:
+            return PostgresConnector(
+                slot, deadline, self._tools, on_error=on_error, on_duration=on_duration
+            )
+
+        return ConnectorBlock(self._checkout.take_for, make, self._release, timeout, **options)
 
     @contextlib.asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:

@@ -298,20 +298,18 @@ class PostgresConnector:
         deadline = self._deadline.sooner(started, check_timeout(timeout))
         failure: BaseException | None = None
         try:
-            # The turn first: between reading the pending BEGIN and sending, nothing yields.
-            await tools.runner.turn()
+            if self._begin is not None:
+                # The turn first: between reading the pending BEGIN and sending, no yield.
+                await tools.runner.turn()
             begin = self._begin
-            if begin is None:
-                result = await tools.runner.run(
-                    self._slot, sql, params, deadline, callproc=callproc
-                )
-            elif callproc or not _one_statement(sql):
-                await self._send_begin(begin, deadline)
-                result = await tools.runner.run(
-                    self._slot, sql, params, deadline, callproc=callproc
-                )
-            else:
+            if begin is not None and not callproc and _one_statement(sql):
                 result = await self._run_first(begin, sql, params, deadline)
+            else:
+                if begin is not None:
+                    await self._send_begin(begin, deadline)
+                result = await tools.runner.run(
+                    self._slot, sql, params, deadline, callproc=callproc
+                )
         except (psycopg2.Error, PoolError) as exc:
             failure = exc
             if self._in_transaction:
@@ -591,7 +589,7 @@ class ConnectorBlock:
         "_take_for",
         "_timeout",
         "_transaction",
-        "_xid",
+        "_tx",
     )
 
     def __init__(
@@ -614,7 +612,7 @@ class ConnectorBlock:
         self._checkout_failed = checkout_failed
         self._slot: Slot | None = None
         self._connector: PostgresConnector | None = None
-        self._xid: XidMark | None = None
+        self._tx: TransactionBlock | None = None
 
     async def __aenter__(self) -> PostgresConnector:
         if self._slot is not None:
@@ -632,8 +630,9 @@ class ConnectorBlock:
         self._slot = slot
         connector = self._connector = self._make(slot, deadline)
         if self._transaction:
+            self._tx = connector.transaction(resolve_commit=self._resolve)
             try:
-                self._xid = await connector._open_transaction(self._resolve)
+                await self._tx.__aenter__()
             except BaseException as exc:
                 connector.end()
                 self._release(slot, broke(slot, exc))
@@ -646,8 +645,8 @@ class ConnectorBlock:
             return  # the checkout failed and the hook swallowed it: nothing is held
         failure = exc
         try:
-            if self._transaction:
-                await connector._close_transaction(exc, self._xid)
+            if self._tx is not None:
+                await self._tx.__aexit__(None, exc, None)
         except BaseException as error:
             failure = error
             raise

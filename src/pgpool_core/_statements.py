@@ -182,7 +182,8 @@ class StatementRunner:
         completed first returns its result, an error is raised as is.
         """
         conn = slot.conn
-        await self.turn()
+        if self._answered_at_once is not None:
+            await self.turn()
         if "\x00" in sql:
             raise QueryParameterError(
                 "statement text contains a NUL character (libpq would cut the statement"
