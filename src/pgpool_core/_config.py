@@ -54,6 +54,9 @@ _KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "enable_json": (("postgres_json",), ("POSTGRES_JSON",)),
     "enable_uuid": (("postgres_uuid",), ("POSTGRES_UUID",)),
     "application_name": (("postgres_application_name",), ("POSTGRES_APPLICATION_NAME",)),
+    "read_url": (("postgres_read_url",), ("POSTGRES_READ_URL",)),
+    "max_replica_lag": (("postgres_max_replica_lag",), ("POSTGRES_MAX_REPLICA_LAG",)),
+    "read_fallback": (("postgres_read_fallback",), ("POSTGRES_READ_FALLBACK",)),
 }
 
 _MAPPING_KEYS = frozenset(key for keys, _ in _KEYS.values() for key in keys)
@@ -112,6 +115,24 @@ def _parse_int(key: str, source: str, value: Any) -> int:
     raise SettingsError(f"{key} from {source}: expected an integer, got {value!r}")
 
 
+_URL_PREFIXES = ("postgresql://", "postgres://", "postgresql+srv://", "postgres+srv://")
+
+
+def _parse_urls(key: str, source: str, value: Any) -> tuple[str, ...]:
+    """One URL or several: a sequence of strings, or one string holding several
+    ``postgresql://`` URLs separated by whitespace (a key=value DSN is always one)."""
+    if isinstance(value, str):
+        words = value.split()
+        if len(words) > 1 and all(word.startswith(_URL_PREFIXES) for word in words):
+            return tuple(words)
+        return (value,) if value.strip() else ()
+    if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+        return tuple(item for item in value if item.strip())
+    raise SettingsError(
+        f"{key} from {source}: expected a URL or a list of URLs, got {type(value).__name__}"
+    )
+
+
 def _parse_str(key: str, source: str, value: Any) -> str:
     if not isinstance(value, str):
         raise SettingsError(f"{key} from {source}: expected a string, got {type(value).__name__}")
@@ -152,6 +173,16 @@ class PoolSettings:
     :param enable_json: register aiopg's json adapter (default False).
     :param enable_uuid: register the uuid adapter (default True).
     :param application_name: sets ``application_name`` unless the URL has one.
+    :param read_url: replica URLs (one, or several: a list, or whitespace-separated
+        ``postgresql://`` URLs in ``POSTGRES_READ_URL``); each is one reader, itself a pool
+        of this size (multi-host and SRV URLs allowed). Reads asked for with
+        ``read_only=True`` go to the least busy reader fit to serve them; without readers,
+        everything goes to ``url``. *New in 0.3.*
+    :param max_replica_lag: a reader whose replay lag exceeds this many seconds gets no
+        reads until it catches up; 0 = no bound (default 0). *New in 0.3.*
+    :param read_fallback: when no reader is fit (down, lagging, promoted, none configured),
+        reads go to ``url``; False raises :class:`~pgpool_core.PoolUnavailableError`
+        naming why instead (default True). *New in 0.3.*
 
     .. versionadded:: 0.1
     """
@@ -174,6 +205,9 @@ class PoolSettings:
     enable_json: bool = False
     enable_uuid: bool = True
     application_name: str | None = None
+    read_url: tuple[str, ...] = field(default=(), repr=False)
+    max_replica_lag: float = 0.0
+    read_fallback: bool = True
 
     def __post_init__(self) -> None:
         # Coerce and validate explicit values with the same rules as the other sources.
@@ -188,8 +222,10 @@ class PoolSettings:
         shown = ", ".join(
             f"{f.name}={getattr(self, f.name)!r}"
             for f in dataclasses.fields(self)
-            if f.name != "url"
+            if f.name not in ("url", "read_url")
         )
+        if self.read_url:
+            shown += f", read_url={tuple(redact_dsn(url) for url in self.read_url)!r}"
         return f"PoolSettings(url={redact_dsn(self.url)!r}, {shown})"
 
     def _validate(self) -> None:
@@ -216,12 +252,18 @@ class PoolSettings:
             value = getattr(self, name)
             if value <= 0:
                 raise SettingsError(f"{name}: must be > 0 seconds, got {value}")
-        for name in ("validate_idle_after", "leak_detection_threshold"):
+        for name in ("validate_idle_after", "leak_detection_threshold", "max_replica_lag"):
             value = getattr(self, name)
             if value < 0:
                 raise SettingsError(f"{name}: must be >= 0 seconds, got {value}")
         if self.url:
             _validate_url(self.url)
+        for index, url in enumerate(self.read_url):
+            try:
+                _validate_url(url)
+            except SettingsError as exc:  # name the setting; the reason quotes no URL text
+                reason = str(exc).removeprefix("url: ")
+                raise SettingsError(f"read_url[{index}]: {reason}") from None
 
     @property
     def maintenance_interval(self) -> float:
@@ -238,6 +280,7 @@ class PoolSettings:
         """All settings, the URL redacted."""
         data = dataclasses.asdict(self)
         data["url"] = self.redacted_url
+        data["read_url"] = [redact_dsn(url) for url in self.read_url]
         return data
 
     @classmethod
@@ -308,6 +351,9 @@ class PoolOptions(TypedDict, total=False):
     enable_json: bool
     enable_uuid: bool
     application_name: str | None
+    read_url: str | tuple[str, ...] | list[str]
+    max_replica_lag: float
+    read_fallback: bool
 
 
 def _warn_unknown(
@@ -358,6 +404,8 @@ def _coerce(name: str, source: str, value: Any) -> Any:
         return _parse_int(name, source, value)
     if value is None and name == "application_name":
         return None
+    if name == "read_url":
+        return _parse_urls(name, source, value)
     return _parse_str(name, source, value)
 
 

@@ -29,7 +29,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -42,19 +42,22 @@ from ._connector import AiopgConnector, Connector, TxStatus, UrlSource
 from ._leaks import NoLeakDetector, leak_detector
 from ._metrics import Health, PoolObserver, PoolStatus, Recorder
 from ._opening import Opener, reconnect
-from ._redact import pool_name
+from ._redact import pool_name, server_address, url_option
 from ._result import QueryResult
 from ._retry import RetryPolicy
 from ._returns import Canceller, needs_restore, restore_slot
+from ._routing import Readers, Replica
 from ._session import (
     ConnectorBlock,
     OnDuration,
     OnError,
     PostgresConnector,
     SessionTools,
+    apply_on_error,
     broke,
     run_once,
 )
+from ._sessions import Session
 from ._state import PoolState, transition
 from ._statements import (
     Deadline,
@@ -86,6 +89,10 @@ LOGGER = logging.getLogger("pgpool")
 STATUS_CHECK_TIMEOUT = 1.0
 
 
+async def _refuse(error: PoolError, *_args: object) -> tuple[Slot, Deadline]:
+    raise error
+
+
 class PoolManager:
     """An asyncio pool of PostgreSQL connections (aiopg underneath) with bounded everything.
 
@@ -109,6 +116,7 @@ class PoolManager:
         clock: Callable[[], float] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         jitter: Callable[[], float] | None = None,
+        read_connectors: Sequence[Connector] = (),
         **options: Unpack[PoolOptions],
     ) -> None:
         given: dict[str, Any] = dict(options)  # checked at run time by PoolSettings
@@ -144,6 +152,47 @@ class PoolManager:
         )
         self._metrics = Recorder(self)
         self._health = Health(self._now)
+        #: ``writer``, or ``reader`` for the pools of :attr:`readers`.
+        self.role = "writer"
+        #: Where the pool connects (``host:port`` of each host libpq tries), for metrics.
+        self.server_address = server_address(settings.url) if settings.url else ""
+        self._readers: Readers[PoolManager] | None = None
+        self._sampler: asyncio.Task[None] | None = None
+        if settings.read_url or read_connectors:
+            self._readers = self._make_readers(read_connectors, retry, clock, sleep, jitter)
+
+    def _make_readers(
+        self,
+        connectors: Sequence[Connector],
+        retry: RetryPolicy | None,
+        clock: Callable[[], float] | None,
+        sleep: Callable[[float], Awaitable[None]] | None,
+        jitter: Callable[[], float] | None,
+    ) -> Readers[PoolManager]:
+        """One pool per reader (a URL of ``read_url``, or a connector), sized as this one."""
+        settings = self.settings
+        urls = settings.read_url or ("",) * len(connectors)
+        replicas: list[Replica[PoolManager]] = []
+        names = {self.name}
+        for index, url in enumerate(urls):
+            name = pool_name(url) if url and not self._named else ""
+            if not name or name in names:
+                name = f"{self.name} reader {index + 1}"
+            names.add(name)
+            reader = PoolManager(
+                settings=dataclasses.replace(settings, url=url, read_url=()),
+                password=self._password,
+                connector=connectors[index] if connectors else None,
+                name=name,
+                retry=retry,
+                clock=clock,
+                sleep=sleep,
+                jitter=jitter,
+            )
+            reader.role = "reader"
+            wants = url_option(url, "target_session_attrs") == "standby" if url else False
+            replicas.append(Replica(reader, wants_standby=wants))
+        return Readers(replicas, max_lag=settings.max_replica_lag, fallback=settings.read_fallback)
 
     def __repr__(self) -> str:
         return (
@@ -154,11 +203,69 @@ class PoolManager:
     # -- observers ------------------------------------------------------------------------
 
     def add_observer(self, observer: PoolObserver) -> None:
-        """Send the pool's events to ``observer`` (metrics exporters)."""
-        self._metrics.add(observer)
+        """Send the pool's events, and its readers', to ``observer`` (metrics exporters);
+        each event names the pool it happened in (:attr:`role` tells writer from reader)."""
+        for pool in (self, *self.readers):
+            pool._metrics.add(observer)
 
     def remove_observer(self, observer: PoolObserver) -> None:
-        self._metrics.remove(observer)
+        for pool in (self, *self.readers):
+            pool._metrics.remove(observer)
+
+    # -- readers ---------------------------------------------------------------------------
+
+    @property
+    def readers(self) -> tuple[PoolManager, ...]:
+        """The pools of ``read_url``, one per reader (empty without readers)."""
+        readers = self._readers
+        return () if readers is None else tuple(r.pool for r in readers.replicas)
+
+    @property
+    def in_use(self) -> int:
+        """Connections checked out now."""
+        return len(self._bag.busy)
+
+    @property
+    def last_error(self) -> str | None:
+        """The latest connect or connection failure (redacted), or None."""
+        return self._health.last_error
+
+    async def sample_readers(self) -> None:
+        """Sample every reader's role and replay lag now (a background task does this
+        every interval; see ``max_replica_lag``)."""
+        if self._readers is not None:
+            await self._readers.sample(self.settings.connect_timeout)
+
+    def recycle(self) -> None:
+        """Close every connection as it becomes free (idle ones now); new ones are opened
+        as needed: libpq's host choice (``target_session_attrs``) is made again."""
+        for slot in self._bag.retire_generation():
+            self._discard(slot, bad=False)
+        self._meet_demand()
+
+    def _for_read(self) -> PoolManager:
+        """The pool a read goes to: the fittest reader, else (``read_fallback``) this one.
+
+        :raises PoolUnavailableError: no reader fit and ``read_fallback`` off.
+        """
+        readers = self._readers
+        if readers is None:
+            return self
+        reader = readers.pick()
+        if reader is not None:
+            return reader
+        if not readers.fallback:
+            raise PoolUnavailableError(
+                f"pool {self.name}: no reader fit for reads ({readers.why_none()});"
+                " read_fallback is off"
+            )
+        self._metrics.counters.reads_to_writer += 1
+        return self
+
+    def session(self) -> Session:
+        """A read-your-writes scope: reads (``read_only=True``) go to readers until the
+        session sends anything else, then to the writer for the rest of the session."""
+        return Session(self)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -253,12 +360,29 @@ class PoolManager:
             # failure is its failure (see _connect_failed).
             self._meet_demand()
         self._tasks.maintain(self._maintain_forever())
+        if self._readers is not None:
+            await self._start_readers(self._readers)
         if wait:
             try:
                 await self.wait_ready(timeout)
             except BaseException:
                 await self.stop(0)
                 raise
+
+    async def _start_readers(self, readers: Readers[PoolManager]) -> None:
+        """Start the readers (lazily: a reader that is down never fails the start) and the
+        sampling of their role and lag: every maintenance interval, sooner when a
+        ``max_replica_lag`` needs it (half of it), the first sample at once."""
+        for reader in self.readers:
+            await reader.start()
+        settings = self.settings
+        interval = settings.maintenance_interval
+        if settings.max_replica_lag > 0:
+            interval = max(min(interval, settings.max_replica_lag / 2), 0.05)
+        bound = min(settings.connect_timeout, max(2 * interval, 1.0))
+        self._sampler = asyncio.get_running_loop().create_task(
+            readers.sample_forever(interval, bound, self._sleep), name=f"pgpool-sample-{self.name}"
+        )
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until a connection works (one is checked out and returned).
@@ -295,6 +419,14 @@ class PoolManager:
         under ``asyncio.wait_for``) still completes it. Idempotent: a later stop() waits for
         the same shutdown, bringing its deadline forward to its own ``timeout`` if sooner.
         """
+        if self._sampler is not None:
+            self._sampler.cancel()
+        if self.readers:
+            await asyncio.gather(self._stop(timeout), *(r.stop(timeout) for r in self.readers))
+        else:
+            await self._stop(timeout)
+
+    async def _stop(self, timeout: float) -> None:
         state = self._state
         if state is PoolState.NEW:
             self._state = transition(state, PoolState.CLOSED)
@@ -461,7 +593,10 @@ class PoolManager:
 
     def _drain_for_failover(self, slot: Slot) -> None:
         """A write hit a read-only server: retire every connection so the next ones find
-        the primary (libpq's ``target_session_attrs`` picks it among the hosts)."""
+        the primary (libpq's ``target_session_attrs`` picks it among the hosts). A reader
+        refuses writes by design: nothing to drain there."""
+        if self.role != "writer":
+            return
         retired = self._bag.failover(slot.generation, self._now())
         if retired is None:
             return
@@ -546,11 +681,17 @@ class PoolManager:
         timeout: float | None = None,
         on_error: OnError | None = None,
         on_duration: OnDuration | None = None,
+        read_only: bool = False,
+        writer: bool = False,
     ) -> QueryResult:
         """Run one statement on a pooled connection and return its :class:`QueryResult`.
 
         :param timeout: seconds for the whole call (waiting + running); default
             ``acquire_timeout`` to get a connection, then ``query_timeout`` to run.
+        :param read_only: the statement only reads: it may run on a reader (see
+            ``read_url``); nothing checks that it does not write (a reader refuses writes).
+        :param writer: run on the writer even when ``read_only`` (a read that must see
+            this client's latest writes; :meth:`session` does this for you).
         :raises PoolTimeoutError: no connection free in time.
         :raises QueryTimeoutError: the statement ran out of time (cancelled server-side).
         :raises psycopg2.Error: errors from the SQL itself, unwrapped.
@@ -559,7 +700,14 @@ class PoolManager:
         get a connection reaches ``on_error`` as ``"postgres_connector"``), without
         holding a connector: the fast path for one statement.
         """
-        return await self._run_once(
+        pool = self
+        if read_only and not writer and self._readers is not None:
+            try:
+                pool = self._for_read()
+            except PoolUnavailableError as exc:
+                apply_on_error(on_error, "postgres_connector", exc)
+                return QueryResult(0, [])  # swallowed by the hook
+        return await pool._run_once(
             sql,
             params,
             timeout=check_timeout(timeout),
@@ -578,9 +726,18 @@ class PoolManager:
         timeout: float | None = None,
         on_error: OnError | None = None,
         on_duration: OnDuration | None = None,
+        read_only: bool = False,
+        writer: bool = False,
     ) -> QueryResult:
         """Call a stored function (``SELECT * FROM name(params)``); like :meth:`execute`."""
-        return await self._run_once(
+        pool = self
+        if read_only and not writer and self._readers is not None:
+            try:
+                pool = self._for_read()
+            except PoolUnavailableError as exc:
+                apply_on_error(on_error, "postgres_connector", exc)
+                return QueryResult(0, [])  # swallowed by the hook
+        return await pool._run_once(
             name,
             params,
             timeout=check_timeout(timeout),
@@ -598,9 +755,13 @@ class PoolManager:
         on_error: OnError | None = None,
         on_duration: OnDuration | None = None,
         checkout_failed: Callable[[PoolError], None] | None = None,
+        read_only: bool = False,
+        writer: bool = False,
     ) -> ConnectorBlock:
         """``BEGIN`` ... ``COMMIT`` on one connection; ``ROLLBACK`` if the block raises
-        (an async context manager giving a :class:`PostgresConnector`).
+        (an async context manager giving a :class:`PostgresConnector`). ``read_only=True``:
+        ``BEGIN READ ONLY``, on a reader when there is one fit (see ``read_url``) unless
+        ``writer=True`` keeps it on the writer.
 
         ``timeout`` bounds the whole transaction, from waiting for the connection to COMMIT.
         Leaving the block without an error commits, and returns only if the server
@@ -612,6 +773,8 @@ class PoolManager:
             timeout,
             on_error,
             on_duration,
+            read_only,
+            writer,
             transaction=True,
             resolve_commit=resolve_commit,
             checkout_failed=checkout_failed,
@@ -624,33 +787,50 @@ class PoolManager:
         timeout: float | None = None,
         *,
         checkout_failed: Callable[[PoolError], None] | None = None,
+        read_only: bool = False,
+        writer: bool = False,
     ) -> ConnectorBlock:
         """A connector pinned to one connection for the block, with sprockets-postgres hooks
-        (an async context manager giving a :class:`PostgresConnector`).
+        (an async context manager giving a :class:`PostgresConnector`). ``read_only=True``:
+        the connection is a reader's when one is fit (see ``read_url``) unless ``writer``.
 
         ``on_error(metric_name, exc)`` returns the exception to raise, or None to swallow
         it (the call then returns an empty result); ``on_duration(metric_name, seconds)``
         gets each statement's duration. ``checkout_failed(exc)``, if given, gets a failure
         to check a connection out: it raises, or returns and the block gets None.
         """
-        return self._block(timeout, on_error, on_duration, checkout_failed=checkout_failed)
+        return self._block(
+            timeout, on_error, on_duration, read_only, writer, checkout_failed=checkout_failed
+        )
 
     def _block(
         self,
         timeout: float | None,
         on_error: OnError | None,
         on_duration: OnDuration | None,
+        read_only: bool,
+        writer: bool,
         **options: Any,
     ) -> ConnectorBlock:
         """The block of :meth:`connector` and :meth:`transaction` (``timeout`` is checked on
-        entering, as a failure to check out)."""
+        entering, as a failure to check out; so is finding no reader)."""
+        pool = self
+        take_for = self._checkout.take_for
+        if read_only and not writer and self._readers is not None:
+            try:
+                pool = self._for_read()
+                take_for = pool._checkout.take_for
+            except PoolUnavailableError as exc:
+                take_for = functools.partial(_refuse, exc)
 
         def make(slot: Slot, deadline: Deadline) -> PostgresConnector:
             return PostgresConnector(
-                slot, deadline, self._tools, on_error=on_error, on_duration=on_duration
+                slot, deadline, pool._tools, on_error=on_error, on_duration=on_duration
             )
 
-        return ConnectorBlock(self._checkout.take_for, make, self._release, timeout, **options)
+        return ConnectorBlock(
+            take_for, make, pool._release, timeout, read_only=read_only, **options
+        )
 
     @contextlib.asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:
@@ -683,6 +863,14 @@ class PoolManager:
             lambda: self.execute("SELECT 1", timeout=STATUS_CHECK_TIMEOUT),
             all_busy=not self._bag.idle and bool(self._bag.busy),
         )
+        readers: tuple[PoolStatus, ...] = ()
+        if self._readers is not None:
+            routing = self._readers
+            statuses = await asyncio.gather(*(r.status() for r in self.readers))
+            readers = tuple(
+                dataclasses.replace(status, lag=replica.lag, excluded=routing.excluded(replica))
+                for status, replica in zip(statuses, routing.replicas, strict=True)
+            )
         return PoolStatus.of(
             self.stats(),  # one snapshot, read after the probe
             state=self._state.value,
@@ -691,6 +879,9 @@ class PoolManager:
             connecting=self._bag.opening,
             name=self.name,
             last_error=self._health.last_error,
+            role=self.role,
+            server=self.server_address,
+            readers=readers,
         )
 
     # -- maintenance ----------------------------------------------------------------------------

@@ -60,6 +60,8 @@ class Counters:
     query_timeouts: int = 0
     leaks_detected: int = 0
     failovers: int = 0
+    #: Reads (``read_only=True``) sent to the writer because no reader was fit.
+    reads_to_writer: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in _COUNTER_NAMES}
@@ -74,7 +76,10 @@ class PoolStatus:
 
     ``available`` comes from a real outcome: a success within the last second, or a
     bounded ``SELECT 1``. ``pool_size`` counts open connections, ``pool_free`` idle ones,
-    ``connecting`` those being opened.
+    ``connecting`` those being opened. ``role`` is ``writer`` or ``reader``; a writer with
+    readers lists their statuses in ``readers``, each with its replay ``lag`` (seconds, from
+    the latest sample; None before one) and why it gets no reads (``excluded``, None when
+    it is fit).
     """
 
     state: str
@@ -89,6 +94,11 @@ class PoolStatus:
     name: str
     last_error: str | None
     counters: Mapping[str, int]
+    role: str = "writer"
+    server: str = ""
+    lag: float | None = None
+    excluded: str | None = None
+    readers: tuple[PoolStatus, ...] = ()
 
     @classmethod
     def of(cls, stats: dict[str, int], **fields: Any) -> PoolStatus:
@@ -106,8 +116,9 @@ class PoolStatus:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         data["counters"] = dict(self.counters)
+        data["readers"] = [reader.as_dict() for reader in self.readers]
         return data
 
 

@@ -152,6 +152,31 @@ def pool_name(url: str) -> str:
     return f"{host}:{info.get('port') or '5432'}/{database}"
 
 
+def url_option(url: str, key: str) -> str | None:
+    """One connection option (``target_session_attrs``, ...) as libpq reads ``url``; None
+    when unset or the URL is invalid."""
+    try:
+        return _read(url).get(key) or None
+    except SettingsError:
+        return None
+
+
+def server_address(url: str) -> str:
+    """``host:port`` of each host libpq would try, comma-separated (``host`` alone for SRV);
+    ``""`` for an invalid URL. Never credentials."""
+    try:
+        info = _read(url)
+    except SettingsError:
+        return ""
+    hosts = (info.get("host") or info.get("hostaddr") or "localhost").split(",")
+    if is_srv(url):
+        return ",".join(hosts)
+    ports = (info.get("port") or "5432").split(",")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    return ",".join(f"{host}:{port or '5432'}" for host, port in zip(hosts, ports, strict=False))
+
+
 def passwords_in(dsn: str) -> set[str]:
     """Every password libpq may read from ``dsn`` (userinfo, query, key=value), raw and
     decoded, for scrubbing messages. Works on malformed input too (wider, not narrower)."""

@@ -425,7 +425,9 @@ class PostgresConnector:
         elif status is TxStatus.IDLE:
             self._ended_by = conn.status_message()
 
-    def transaction(self, *, resolve_commit: bool | None = None) -> TransactionBlock:
+    def transaction(
+        self, *, resolve_commit: bool | None = None, read_only: bool = False
+    ) -> TransactionBlock:
         """``BEGIN`` on this connection; ``COMMIT`` when the block ends without an error,
         ``ROLLBACK`` when it raises. What leaving the block reports is what the server did:
 
@@ -444,12 +446,17 @@ class PostgresConnector:
         the pool waits for its answer (until the deadline plus ``cancel_timeout``) and then
         reports it, or re-raises the cancellation (logging the outcome at DEBUG).
 
+        ``read_only=True`` begins with ``BEGIN READ ONLY`` (the server refuses writes in it)
+        and resolves no commit (it commits nothing).
+
         With ``on_error`` hooks, these errors go to the hook as ``postgres_transaction``;
         the exception it returns is raised, but None cannot swallow an outcome.
         """
-        return TransactionBlock(self, resolve_commit)
+        return TransactionBlock(self, resolve_commit, read_only)
 
-    async def _open_transaction(self, resolve_commit: bool | None) -> XidMark | None:
+    async def _open_transaction(
+        self, resolve_commit: bool | None, read_only: bool = False
+    ) -> XidMark | None:
         """The start of a transaction block: BEGIN pending (sent with the first statement),
         or sent now: to read the transaction id (resolving commits), or because a cursor
         handed out earlier may run the block's first statement; returns that id."""
@@ -460,15 +467,20 @@ class PostgresConnector:
                 " has ended, or an earlier transaction left its connection busy; nothing was"
                 " sent"
             )
-        resolve = tools.resolve_commits if resolve_commit is None else resolve_commit
+        # A read-only transaction commits nothing (and a standby assigns no ids): no
+        # outcome to resolve.
+        resolve = not read_only and (
+            tools.resolve_commits if resolve_commit is None else resolve_commit
+        )
+        begin = "BEGIN READ ONLY" if read_only else "BEGIN"
         xid: XidMark | None = None
         if resolve:
             row = (await tools.runner.run(self._slot, BEGIN_WITH_XID, None, self._deadline)).row
             xid = None if row is None else XidMark(int(row["xid"]), row["started"])
         elif self._cursor is not None:
-            await tools.runner.run(self._slot, "BEGIN", None, self._deadline)
+            await tools.runner.run(self._slot, begin, None, self._deadline)
         else:
-            self._begin = "BEGIN"
+            self._begin = begin
         self._in_transaction, self._failure, self._ended_by = True, None, None
         self._doomed = None
         return xid
@@ -554,15 +566,18 @@ class TransactionBlock:
     A plain class rather than ``@asynccontextmanager``: a transaction is entered on every
     write, and a generator-based context manager costs several microseconds per layer."""
 
-    __slots__ = ("_connector", "_resolve", "_xid")
+    __slots__ = ("_connector", "_read_only", "_resolve", "_xid")
 
-    def __init__(self, connector: PostgresConnector, resolve_commit: bool | None) -> None:
+    def __init__(
+        self, connector: PostgresConnector, resolve_commit: bool | None, read_only: bool = False
+    ) -> None:
         self._connector = connector
         self._resolve = resolve_commit
+        self._read_only = read_only
         self._xid: XidMark | None = None
 
     async def __aenter__(self) -> PostgresConnector:
-        self._xid = await self._connector._open_transaction(self._resolve)
+        self._xid = await self._connector._open_transaction(self._resolve, self._read_only)
         return self._connector
 
     async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
@@ -583,6 +598,7 @@ class ConnectorBlock:
         "_checkout_failed",
         "_connector",
         "_make",
+        "_read_only",
         "_release",
         "_resolve",
         "_slot",
@@ -601,6 +617,7 @@ class ConnectorBlock:
         *,
         transaction: bool = False,
         resolve_commit: bool | None = None,
+        read_only: bool = False,
         checkout_failed: Callable[[PoolError], None] | None = None,
     ) -> None:
         self._take_for = take_for
@@ -609,6 +626,7 @@ class ConnectorBlock:
         self._timeout = timeout
         self._transaction = transaction
         self._resolve = resolve_commit
+        self._read_only = read_only
         self._checkout_failed = checkout_failed
         self._slot: Slot | None = None
         self._connector: PostgresConnector | None = None
@@ -630,7 +648,9 @@ class ConnectorBlock:
         self._slot = slot
         connector = self._connector = self._make(slot, deadline)
         if self._transaction:
-            self._tx = connector.transaction(resolve_commit=self._resolve)
+            self._tx = connector.transaction(
+                resolve_commit=self._resolve, read_only=self._read_only
+            )
             try:
                 await self._tx.__aenter__()
             except BaseException as exc:

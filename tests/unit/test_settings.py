@@ -33,6 +33,9 @@ URL = "postgresql://app@db:5432/main"
         ("enable_json", False),
         ("enable_uuid", True),
         ("application_name", None),
+        ("read_url", ()),
+        ("max_replica_lag", 0.0),
+        ("read_fallback", True),
     ],
 )
 def test_every_default(name: str, default: object) -> None:
@@ -44,7 +47,7 @@ def test_every_default(name: str, default: object) -> None:
 
 def test_no_field_is_left_without_a_default_test() -> None:
     """The parametrized default test above covers every field."""
-    assert len(dataclasses.fields(PoolSettings)) == 18
+    assert len(dataclasses.fields(PoolSettings)) == 21
 
 
 def test_sprockets_postgres_keys_map_to_fields() -> None:
@@ -259,7 +262,10 @@ def test_pool_options_type_every_setting_but_the_url() -> None:
     assert list(hints) == list(fields)
     assert not PoolOptions.__required_keys__
     settings_hints = typing.get_type_hints(PoolSettings)
-    assert all(hints[name] == settings_hints[name] for name in fields)
+    # read_url also takes one URL as a string (or a list), as PoolSettings does at run time.
+    assert hints["read_url"] == str | tuple[str, ...] | list[str]
+    assert settings_hints["read_url"] == tuple[str, ...]
+    assert all(hints[name] == settings_hints[name] for name in fields if name != "read_url")
 
 
 def test_misspelt_option_is_a_type_error() -> None:

@@ -25,7 +25,7 @@ __all__ = ["FakeConnection", "FakeConnector", "FakeCursor", "Script"]
 _FIRST_WORD = re.compile(r"\s*(\w+)")
 _ROLLBACK_TO = re.compile(r"\s*ROLLBACK\s+TO\b", re.IGNORECASE)
 # The pool sends a transaction's BEGIN in the same message as its first statement.
-_PIPELINED_BEGIN = re.compile(r"\s*(BEGIN)\s*;\s*", re.IGNORECASE)
+_PIPELINED_BEGIN = re.compile(r"\s*(BEGIN(?:\s+READ\s+ONLY)?)\s*;\s*", re.IGNORECASE)
 
 
 @dataclass
