@@ -278,6 +278,21 @@ class ErrorWriterRaisingHandler(RaisingHandler, problemdetails.ErrorWriter):  # 
     pass
 
 
+class ReadsHandler(Handler):
+    """Reads by default (``postgres_read_only``); ``?write=1`` writes between two reads."""
+
+    postgres_read_only = True
+
+    async def get(self) -> None:
+        await self.postgres_execute("SELECT 'first read'")
+        if self.get_argument("write", ""):
+            await self.postgres_execute("UPDATE t SET v = 1", read_only=False)
+        await self.postgres_execute("SELECT 'second read'")
+        async with self.postgres_transaction() as conn:
+            await conn.execute("SELECT 'read in tx'")
+        self.write({"ok": True})
+
+
 ROUTES: list[Any] = [
     (r"/run/(\w+)", RunHandler),
     (r"/error-writer/run/(\w+)", ErrorWriterRunHandler),
@@ -296,6 +311,7 @@ ROUTES: list[Any] = [
     (r"/raise/([\w-]+)", RaisingHandler),
     (r"/error-writer/raise/([\w-]+)", ErrorWriterRaisingHandler),
     (r"/status", StatusRequestHandler),
+    (r"/reads", ReadsHandler),
 ]
 
 
@@ -1198,3 +1214,76 @@ async def test_sprockets_database_down_at_boot_keeps_running(
     assert not application.postgres_is_connected
     await application._postgres_shutdown(application)
     assert application.postgres_pool is None
+
+
+# -- read replicas ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def reader(fake: FakeConnector, monkeypatch: pytest.MonkeyPatch, fake_pools: None) -> FakeConnector:
+    """The application's pool gets one reader, over its own fake connector."""
+    connector = FakeConnector()
+    connector.on(r"pg_is_in_recovery", rows=[{"standby": True, "lag": 0.25}])
+    monkeypatch.setattr(
+        pgpool_tornado._mixins,
+        "PoolManager",
+        functools.partial(PoolManager, connector=fake, read_connectors=[connector]),
+    )
+    return connector
+
+
+def _reader_statements(connector: FakeConnector) -> list[str]:
+    return [
+        sql
+        for conn in connector.connections
+        for sql in conn.statements
+        if "pg_is_in_recovery" not in sql
+    ]
+
+
+async def test_read_only_handler_reads_from_the_reader(serve: Serve, reader: FakeConnector) -> None:
+    s = await serve()
+    await s.pool.sample_readers()
+    assert (await s("/reads")).code == 200
+    assert _reader_statements(reader) == [
+        "SELECT 'first read'",
+        "SELECT 'second read'",
+        "BEGIN READ ONLY",
+        "SELECT 'read in tx'",
+        "COMMIT",
+    ]
+    assert not any("read" in sql for sql in s.statements())
+
+
+async def test_a_request_that_wrote_reads_from_the_writer(
+    serve: Serve, reader: FakeConnector
+) -> None:
+    """Read-your-writes within the request; the next request reads from the reader again."""
+    s = await serve()
+    await s.pool.sample_readers()
+    assert (await s("/reads?write=1")).code == 200
+    assert _reader_statements(reader) == ["SELECT 'first read'"]
+    assert s.statements()[-5:] == [
+        "UPDATE t SET v = 1",
+        "SELECT 'second read'",
+        "BEGIN READ ONLY",
+        "SELECT 'read in tx'",
+        "COMMIT",
+    ]
+    assert (await s("/reads")).code == 200
+    assert _reader_statements(reader)[-1] == "COMMIT"
+    assert len(_reader_statements(reader)) == 6
+
+
+async def test_status_lists_each_reader(serve: Serve, reader: FakeConnector) -> None:
+    s = await serve(postgres_max_replica_lag=0.1)
+    await s.pool.sample_readers()
+    response = await s("/status")
+    body = json.loads(response.body)
+    [member] = body["postgres"]["readers"]
+    assert member["role"] == "reader"
+    assert member["lag"] == 0.25
+    assert member["excluded"] == "replay lag 0.25 s > max_replica_lag 0.1 s"
+    assert member["name"] == f"{s.pool.name} reader 1"
+    status = await s.app.postgres_status()
+    assert status["readers"] == [member]

@@ -29,6 +29,7 @@ from pgpool_core import (
     PoolError,
     PoolManager,
     PoolSettings,
+    PoolStatus,
     PostgresConnector,
     QueryResult,
     QueryTimeoutError,
@@ -238,20 +239,27 @@ class ApplicationMixin:
         if pool is None:
             return {"available": False, "pool_size": 0, "pool_free": 0}
         status = await pool.status()
-        return {
+        result: dict[str, Any] = {
             "available": status.available,
             "pool_size": status.pool_size,
             "pool_free": status.pool_free,
         }
+        if status.readers:  # with read_url: each reader, and why it gets no reads
+            result["readers"] = [_member(reader) for reader in status.readers]
+        return result
 
     def postgres_connector(
         self,
         on_error: OnError | None = None,
         on_duration: OnDuration | None = None,
         timeout: Timeout = None,
+        *,
+        read_only: bool = False,
+        writer: bool = False,
     ) -> AbstractAsyncContextManager[PostgresConnector]:
         """A :class:`~pgpool_core.PostgresConnector` on one pooled connection (an async
-        context manager).
+        context manager); ``read_only=True``: a reader's connection when one is fit
+        (``postgres_read_url``), unless ``writer``.
 
         As in sprockets-postgres, a failure to get a connection also goes to
         ``on_error('postgres_connector', exc)``: the exception it returns is raised;
@@ -264,18 +272,40 @@ class ApplicationMixin:
         pool: PoolManager | None = self.postgres_pool
         if pool is None:
             return _NoPool(checkout_failed)
-        return pool.connector(on_error, on_duration, timeout, checkout_failed=checkout_failed)
+        return pool.connector(
+            on_error,
+            on_duration,
+            timeout,
+            checkout_failed=checkout_failed,
+            read_only=read_only,
+            writer=writer,
+        )
+
+
+def _member(status: PoolStatus) -> dict[str, Any]:
+    """One reader in ``postgres_status()``: no URL, no secret; the redacted last error."""
+    return {
+        "name": status.name,
+        "role": status.role,
+        "server": status.server,
+        "state": status.state,
+        "available": status.available,
+        "pool_size": status.pool_size,
+        "pool_free": status.pool_free,
+        "lag": status.lag,
+        "excluded": status.excluded,
+    }
 
 
 @contextlib.asynccontextmanager
 async def _transaction_on(
-    connector_block: AbstractAsyncContextManager[PostgresConnector | None],
+    connector_block: AbstractAsyncContextManager[PostgresConnector | None], read_only: bool
 ) -> AsyncIterator[PostgresConnector]:
     """A transaction on the connector of an overridden ``postgres_connector``."""
     async with connector_block as connector:
         if connector is None:
             raise PoolClosedError("no database connection for the transaction")
-        async with connector.transaction():
+        async with connector.transaction(read_only=read_only):
             yield connector
 
 
@@ -307,6 +337,19 @@ class RequestHandlerMixin:
     #: Where :meth:`on_postgres_error` logs (``pgpool_sprockets`` uses upstream's
     #: ``sprockets-postgres`` logger).
     postgres_logger: logging.Logger = LOGGER
+    #: The default of ``read_only`` for this handler's calls (e.g. True on a handler
+    #: that only reads). Read-your-writes: once the request has made a call that is not
+    #: read-only, its later reads run on the writer.
+    postgres_read_only: bool = False
+    _postgres_wrote: bool = False
+
+    def _postgres_route(self, read_only: bool | None) -> tuple[bool, bool]:
+        """``(read_only, writer)`` for a call: the handler's default, and the writer once
+        this request has written."""
+        reads = self.postgres_read_only if read_only is None else read_only
+        if not reads:
+            self._postgres_wrote = True
+        return reads, self._postgres_wrote
 
     async def postgres_execute(
         self,
@@ -315,12 +358,16 @@ class RequestHandlerMixin:
         metric_name: str = "",
         *,
         timeout: Timeout = None,
+        read_only: bool | None = None,
     ) -> QueryResult | None:
         """Run one statement; ``timeout`` bounds the whole call (waiting included).
+        ``read_only=True`` (default: :attr:`postgres_read_only`) lets it run on a reader.
 
         Returns None when :meth:`on_postgres_error` returned None for its error (swallowed),
         as sprockets-postgres does."""
-        return await self._postgres_one(sql, parameters, metric_name, timeout, callproc=False)
+        return await self._postgres_one(
+            sql, parameters, metric_name, timeout, read_only, callproc=False
+        )
 
     async def postgres_callproc(
         self,
@@ -329,12 +376,22 @@ class RequestHandlerMixin:
         metric_name: str = "",
         *,
         timeout: Timeout = None,
+        read_only: bool | None = None,
     ) -> QueryResult | None:
         """Call a stored function; like :meth:`postgres_execute`."""
-        return await self._postgres_one(name, parameters, metric_name, timeout, callproc=True)
+        return await self._postgres_one(
+            name, parameters, metric_name, timeout, read_only, callproc=True
+        )
 
     async def _postgres_one(
-        self, sql: str, parameters: Any, metric_name: str, timeout: Timeout, *, callproc: bool
+        self,
+        sql: str,
+        parameters: Any,
+        metric_name: str,
+        timeout: Timeout,
+        read_only: bool | None,
+        *,
+        callproc: bool,
     ) -> QueryResult | None:
         # One statement: the pool's hook-aware fast path, no connector context needed.
         pool: PoolManager | None = self.application.postgres_pool
@@ -350,6 +407,7 @@ class RequestHandlerMixin:
             swallowed = replacement is None
             return replacement
 
+        reads, writer = self._postgres_route(read_only)
         run = pool.callproc if callproc else pool.execute
         result = await run(
             sql,
@@ -358,17 +416,22 @@ class RequestHandlerMixin:
             timeout=timeout,
             on_error=on_error,
             on_duration=self.on_postgres_timing,
+            read_only=reads,
+            writer=writer,
         )
         return None if swallowed else result
 
     def postgres_transaction(
-        self, timeout: Timeout = None
+        self, timeout: Timeout = None, *, read_only: bool | None = None
     ) -> AbstractAsyncContextManager[PostgresConnector]:
         """``BEGIN`` ... ``COMMIT`` on one connection; ``ROLLBACK`` on any error (an async
         context manager giving a :class:`~pgpool_core.PostgresConnector`).
 
         ``timeout`` bounds the whole transaction, waiting for the connection included.
+        ``read_only=True`` (default: :attr:`postgres_read_only`): ``BEGIN READ ONLY``, on
+        a reader when one is fit and this request has not written.
         """
+        reads, writer = self._postgres_route(read_only)
 
         def checkout_failed(exc: PoolError) -> None:
             apply_on_error(self.on_postgres_error, "postgres_connector", exc)
@@ -380,7 +443,8 @@ class RequestHandlerMixin:
             return _transaction_on(
                 application.postgres_connector(
                     self.on_postgres_error, self.on_postgres_timing, timeout
-                )
+                ),
+                reads,
             )
         pool: PoolManager | None = application.postgres_pool
         if pool is None:
@@ -390,6 +454,8 @@ class RequestHandlerMixin:
             on_error=self.on_postgres_error,
             on_duration=self.on_postgres_timing,
             checkout_failed=checkout_failed,
+            read_only=reads,
+            writer=writer,
         )
 
     def on_postgres_error(self, metric_name: str, exc: Exception) -> Exception | None:
@@ -513,6 +579,7 @@ class StatusRequestHandler(web.RequestHandler):
                     "pool_size": postgres["pool_size"],
                     "pool_max": stats.get("pool_max", 0),
                     "requests_waiting": stats.get("requests_waiting", 0),
+                    **({"readers": postgres["readers"]} if "readers" in postgres else {}),
                 },
                 "status": "ok" if postgres["available"] else "unavailable",
                 "version": self.settings.get("version", "unknown"),
