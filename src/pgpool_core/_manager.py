@@ -159,23 +159,28 @@ class PoolManager:
         self._readers: Readers[PoolManager] | None = None
         self._sampler: asyncio.Task[None] | None = None
         if settings.read_url or read_connectors:
-            self._readers = self._make_readers(read_connectors, retry, clock, sleep, jitter)
+            self._readers = self._make_readers(
+                read_connectors, name is not None, retry, clock=clock, sleep=sleep, jitter=jitter
+            )
 
     def _make_readers(
         self,
         connectors: Sequence[Connector],
+        named: bool,
         retry: RetryPolicy | None,
+        *,
         clock: Callable[[], float] | None,
         sleep: Callable[[float], Awaitable[None]] | None,
         jitter: Callable[[], float] | None,
     ) -> Readers[PoolManager]:
-        """One pool per reader (a URL of ``read_url``, or a connector), sized as this one."""
+        """One pool per reader (a URL of ``read_url``, or a connector), sized as this one;
+        named after its server, or after this pool when ``named`` by the caller."""
         settings = self.settings
         urls = settings.read_url or ("",) * len(connectors)
         replicas: list[Replica[PoolManager]] = []
         names = {self.name}
         for index, url in enumerate(urls):
-            name = pool_name(url) if url and not self._named else ""
+            name = pool_name(url) if url and not named else ""
             if not name or name in names:
                 name = f"{self.name} reader {index + 1}"
             names.add(name)

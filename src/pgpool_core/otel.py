@@ -5,7 +5,9 @@ Needs the ``otel`` extra (``opentelemetry-api``; an SDK to export)::
     from pgpool_core.otel import instrument
     instrument(pool)  # the global MeterProvider, or instrument(pool, meter_provider=...)
 
-Instruments (attribute ``db.client.connection.pool.name`` on all connection metrics):
+Instruments (attributes ``db.client.connection.pool.name``, ``pgpool.role`` (``writer`` or
+``reader``) and ``server.address`` / ``server.port`` on every metric; a pool with
+``read_url`` reports each reader under its own name):
 ``db.client.connection.count`` (``db.client.connection.state`` idle|used),
 ``db.client.connection.idle.max``, ``db.client.connection.idle.min``,
 ``db.client.connection.max``, ``db.client.connection.pending_requests``,
@@ -33,6 +35,20 @@ __all__ = ["OtelObserver", "instrument"]
 
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
+ROLE = "pgpool.role"
+
+
+def pool_attributes(pool: PoolManager) -> dict[str, str | int]:
+    """The attributes naming ``pool``: its name, role and server (no credentials)."""
+    attributes: dict[str, str | int] = {POOL_NAME: pool.name, ROLE: pool.role}
+    address = pool.server_address
+    host, _, port = address.rpartition(":")
+    if address and "," not in address and port.isdigit():
+        attributes["server.address"] = host
+        attributes["server.port"] = int(port)
+    elif address:
+        attributes["server.address"] = address  # several hosts: libpq picks one per connect
+    return attributes
 
 
 class OtelObserver:
@@ -83,11 +99,12 @@ class OtelObserver:
                 name, callbacks=[_callback(observe)], unit=unit, description=description
             )
 
-    def _attributes(self) -> dict[str, str]:
-        return {POOL_NAME: self.pool.name}
+    def _members(self) -> tuple[PoolManager, ...]:
+        return (self.pool, *self.pool.readers)
 
     def _one(self, key: str) -> Iterable[Observation]:
-        yield Observation(self.pool.stats()[key], self._attributes())
+        for pool in self._members():
+            yield Observation(pool.stats()[key], pool_attributes(pool))
 
     def _max(self) -> Iterable[Observation]:
         return self._one("pool_max")
@@ -99,29 +116,34 @@ class OtelObserver:
         return self._one("requests_waiting")
 
     def _count(self) -> Iterable[Observation]:
-        stats = self.pool.stats()
-        idle = stats["pool_available"]
-        yield Observation(idle, {**self._attributes(), STATE: "idle"})
-        yield Observation(stats["pool_size"] - idle, {**self._attributes(), STATE: "used"})
+        for pool in self._members():
+            stats = pool.stats()
+            idle = stats["pool_available"]
+            attributes = pool_attributes(pool)
+            yield Observation(idle, {**attributes, STATE: "idle"})
+            yield Observation(stats["pool_size"] - idle, {**attributes, STATE: "used"})
 
     # -- PoolObserver --------------------------------------------------------------------
 
     def connection_created(self, pool: PoolManager, seconds: float) -> None:
-        self.create_time.record(seconds, self._attributes())
+        self.create_time.record(seconds, pool_attributes(pool))
 
     def connection_waited(self, pool: PoolManager, seconds: float) -> None:
-        self.wait_time.record(seconds, self._attributes())
+        self.wait_time.record(seconds, pool_attributes(pool))
 
     def connection_used(self, pool: PoolManager, seconds: float) -> None:
-        self.use_time.record(seconds, self._attributes())
+        self.use_time.record(seconds, pool_attributes(pool))
 
     def acquire_timed_out(self, pool: PoolManager) -> None:
-        self.timeouts.add(1, self._attributes())
+        self.timeouts.add(1, pool_attributes(pool))
 
     def operation_finished(
         self, pool: PoolManager, seconds: float, error: BaseException | None
     ) -> None:
-        attributes = {"db.system.name": "postgresql", POOL_NAME: pool.name}
+        attributes: dict[str, str | int] = {
+            "db.system.name": "postgresql",
+            **pool_attributes(pool),
+        }
         if error is not None:
             attributes["error.type"] = f"{type(error).__module__}.{type(error).__qualname__}"
             code = sqlstate(error)

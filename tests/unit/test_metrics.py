@@ -98,9 +98,18 @@ async def test_otel_names_units_and_values() -> None:
         ("db.response.status_code", "23505"),
         ("db.system.name", "postgresql"),
         ("error.type", "psycopg2.errors.UniqueViolation"),
+        ("pgpool.role", "writer"),
+        ("server.address", "db"),
+        ("server.port", 5432),
     )
     assert operations[failed] == 1
-    ok = (("db.client.connection.pool.name", "db:5432/main"), ("db.system.name", "postgresql"))
+    ok = (
+        ("db.client.connection.pool.name", "db:5432/main"),
+        ("db.system.name", "postgresql"),
+        ("pgpool.role", "writer"),
+        ("server.address", "db"),
+        ("server.port", 5432),
+    )
     assert operations[ok] == 2
     (maximum,) = found["db.client.connection.max"].data.data_points
     assert maximum.value == 1
@@ -115,15 +124,68 @@ async def test_prometheus_exposition_has_the_same_numbers() -> None:
         prometheus.instrument(pool, registry)  # idempotent
         await small_load(pool, fake)
         text = generate_latest(registry).decode()
-    assert 'pgpool_connections{pool="db:5432/main",state="idle"} 1.0' in text
-    assert 'pgpool_connections{pool="db:5432/main",state="used"} 0.0' in text
-    assert 'pgpool_connections_max{pool="db:5432/main"} 1.0' in text
-    assert 'pgpool_pending_requests{pool="db:5432/main"} 0.0' in text
-    assert 'pgpool_connection_timeouts_total{pool="db:5432/main"} 1.0' in text
-    assert 'pgpool_connection_wait_seconds_count{pool="db:5432/main"} 3.0' in text
-    assert 'pgpool_connection_create_seconds_count{pool="db:5432/main"} 1.0' in text
+    assert (
+        'pgpool_connections{pool="db:5432/main",role="writer",server="db:5432",state="idle"} 1.0'
+        in text
+    )
+    assert (
+        'pgpool_connections{pool="db:5432/main",role="writer",server="db:5432",state="used"} 0.0'
+        in text
+    )
+    assert 'pgpool_connections_max{pool="db:5432/main",role="writer",server="db:5432"} 1.0' in text
+    assert 'pgpool_pending_requests{pool="db:5432/main",role="writer",server="db:5432"} 0.0' in text
+    assert (
+        'pgpool_connection_timeouts_total{pool="db:5432/main",role="writer",server="db:5432"} 1.0'
+        in text
+    )
+    writer = 'pool="db:5432/main",role="writer",server="db:5432"'
+    assert f"pgpool_connection_wait_seconds_count{{{writer}}} 3.0" in text
+    assert f"pgpool_connection_create_seconds_count{{{writer}}} 1.0" in text
     assert (
         'pgpool_operation_duration_seconds_count{error_type="UniqueViolation",'
-        'pool="db:5432/main",status_code="23505"} 1.0'
+        'pool="db:5432/main",role="writer",server="db:5432",status_code="23505"} 1.0'
     ) in text
     assert "s3cret" not in text
+
+
+async def test_readers_are_reported_under_their_role_and_server() -> None:
+    """A pool with read_url: each reader's gauges and events carry role=reader and its
+    server; no credential of any URL reaches a label."""
+    registry = CollectorRegistry()
+    memory = InMemoryMetricReader()
+    writer, reader = FakeConnector(), FakeConnector()
+    reader.on("pg_is_in_recovery", rows=[{"standby": True, "lag": 0.0}])
+    pool = PoolManager(
+        URL,
+        connector=writer,
+        read_connectors=[reader],
+        min_size=0,
+        max_size=1,
+        read_url="postgresql://app:s3cret@replica:6432/main",
+    )
+    async with pool:
+        prometheus.instrument(pool, registry)
+        otel.instrument(pool, MeterProvider(metric_readers=[memory]))
+        await pool.sample_readers()
+        await pool.execute("SELECT 'r'", read_only=True)
+        text = generate_latest(registry).decode()
+        found = points(memory)
+    labels = 'pool="replica:6432/main",role="reader",server="replica:6432"'
+    assert f'pgpool_connections{{{labels},state="idle"}} 1.0' in text
+    assert f"pgpool_connections_max{{{labels}}} 1.0" in text
+    assert "s3cret" not in text
+    roles = {
+        (
+            p.attributes["pgpool.role"],
+            p.attributes["server.address"],
+            p.attributes.get("server.port"),
+        )
+        for p in found["db.client.connection.count"].data.data_points
+    }
+    assert roles == {("writer", "db", 5432), ("reader", "replica", 6432)}
+    [read] = [
+        p
+        for p in found["db.client.operation.duration"].data.data_points
+        if p.attributes["pgpool.role"] == "reader"
+    ]
+    assert read.count == 3  # the background task's first lag sample, ours, and the read
