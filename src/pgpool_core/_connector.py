@@ -111,6 +111,11 @@ class DriverConnection(Protocol):
 
     def transaction_status(self) -> TxStatus: ...
 
+    def server_read_only(self) -> bool | None:
+        """Whether the server says its sessions are read-only (``in_hot_standby`` or
+        ``default_transaction_read_only`` reported ``on``): local, no round trip; None when
+        it reports neither (PostgreSQL before 14, PgBouncer)."""
+
     def close(self) -> None:
         """Close at once (no round trip)."""
 
@@ -303,6 +308,14 @@ class AiopgConnection:
         if raw.closed:
             return TxStatus.UNKNOWN
         return _TX_STATUS[raw.get_transaction_status()]  # TxStatus(n) costs ~1 us
+
+    def server_read_only(self) -> bool | None:
+        info = self._raw.info
+        standby = info.parameter_status("in_hot_standby")
+        read_only = info.parameter_status("default_transaction_read_only")
+        if standby is None and read_only is None:
+            return None
+        return "on" in (standby, read_only)
 
     def close(self) -> None:
         self._conn.close()

@@ -28,8 +28,9 @@ LAG_SQL = (
     "SELECT pg_is_in_recovery() AS standby, CASE"
     " WHEN NOT pg_is_in_recovery() THEN NULL"
     " WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0"
-    " ELSE COALESCE(GREATEST(EXTRACT(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)"
-    "::float8, 'Infinity'::float8) END AS lag"
+    " WHEN pg_last_xact_replay_timestamp() IS NULL THEN 'Infinity'::float8"
+    " ELSE GREATEST(EXTRACT(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0)"
+    " END AS lag"
 )
 
 

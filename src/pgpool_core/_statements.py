@@ -231,7 +231,10 @@ class StatementRunner:
         except psycopg2.Error as error:
             if conn.closed:
                 self._on_lost(error)
-            elif sqlstate(error) == READ_ONLY_SQL_TRANSACTION:
+            elif (
+                sqlstate(error) == READ_ONLY_SQL_TRANSACTION
+                and conn.server_read_only() is not False
+            ):  # a read-only server, not a READ ONLY transaction on a writable one
                 self._on_read_only(slot)
             raise
         finally:

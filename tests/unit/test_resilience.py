@@ -236,6 +236,24 @@ async def test_write_on_read_only_server_drains_the_pool(fake: FakeConnector) ->
         assert len(fake.connections) == before + 1
 
 
+@pytest.mark.parametrize(("reported", "drained"), [(True, True), (None, True), (False, False)])
+async def test_read_only_error_drains_only_when_the_server_is_read_only(
+    fake: FakeConnector, reported: bool | None, drained: bool
+) -> None:
+    """25006 means failover only if the server may be read-only: one that reports its
+    sessions writable (in_hot_standby and default_transaction_read_only off) answered a
+    READ ONLY transaction's write, and keeps its connections."""
+    async with PoolManager(URL, connector=fake, min_size=0, max_size=2) as pool:
+        await pool.execute("SELECT 1")
+        fake.connections[0].read_only_server = reported
+        fake.on("^INSERT", error=psycopg2.errors.ReadOnlySqlTransaction("read-only"))
+        with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+            async with pool.transaction(read_only=True) as tx:
+                await tx.execute("INSERT INTO t VALUES (1)")
+        assert pool.stats()["failovers"] == int(drained)
+        assert fake.connections[0].closed is drained
+
+
 async def test_stop_while_reconnecting_is_prompt(fake: FakeConnector) -> None:
     """A pool that is retrying stops at once: the reconnect task is cancelled."""
     backoff = Backoff()

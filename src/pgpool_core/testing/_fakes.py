@@ -106,6 +106,9 @@ class FakeConnection:
         self.statements: list[str] = []
         self.messages: list[str] = []
         self.cancel_requests = 0
+        #: What the server reports about read-only sessions (None: it reports nothing,
+        #: as PostgreSQL before 14 and PgBouncer).
+        self.read_only_server: bool | None = None
         self._pending: asyncio.Future[None] | None = None
         self._running = False
         self._dropped = False
@@ -265,6 +268,9 @@ class FakeConnection:
 
     def transaction_status(self) -> TxStatus:
         return TxStatus.UNKNOWN if self.closed else self.status
+
+    def server_read_only(self) -> bool | None:
+        return self.read_only_server
 
     def close(self) -> None:
         if self.closed:
