@@ -12,6 +12,7 @@ from ._manager import OnDuration, OnError, PoolManager, PostgresConnector
 from ._metrics import PoolObserver, PoolStatus
 from ._result import QueryResult
 from ._retry import RetryPolicy
+from ._sessions import Session
 from ._srv import SrvRecord, SrvResolver
 from ._state import PoolState
 from .errors import (
@@ -59,6 +60,7 @@ __all__ = [
     "QueryResultError",
     "QueryTimeoutError",
     "RetryPolicy",
+    "Session",
     "SettingsError",
     "SrvRecord",
     "SrvResolver",

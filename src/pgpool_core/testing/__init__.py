@@ -19,7 +19,11 @@ database per test:
 - ``postgres_proxy``: a :class:`TcpProxy` in front of that server, for fault tests
   (``rewrite(url)``, ``blackhole()``, ``refuse()``, ``reset()``, ``heal()``);
 - ``pgbouncer``: a :class:`PgBouncer` (transaction pooling) in front of that server
-  (``url_for(url)``, ``stop()``, ``start()``, ``restart()``).
+  (``url_for(url)``, ``stop()``, ``start()``, ``restart()``);
+- ``postgres_replication``: a :class:`PostgresReplication` of this test's own, a primary and
+  a streaming standby (``primary``, ``standby``, ``promote()``, ``rebuild_standby()``,
+  ``pause_replay()``, ``lag()``, ``wait_caught_up()``, ``set_synchronous()``); it needs local
+  or embedded binaries (:func:`start_replication` starts one outside pytest).
 
 The server comes from, in order: ``PGPOOL_TEST_DSN``; testcontainers when a Docker engine
 answers; local PostgreSQL binaries (``initdb`` + ``pg_ctl``, run as an unprivileged user
@@ -49,6 +53,7 @@ if TYPE_CHECKING:
     from ._plugin import pytest_collection_finish as pytest_collection_finish
     from ._plugin import pytest_configure as pytest_configure
     from ._proxy import ProxyMode, TcpProxy
+    from ._replication import PostgresReplication, start_replication
     from ._server import (
         PostgresServer,
         ServerControlUnavailable,
@@ -65,6 +70,7 @@ __all__ = [
     "FakeCursor",
     "PgBouncer",
     "PgBouncerUnavailable",
+    "PostgresReplication",
     "PostgresServer",
     "ProxyMode",
     "Script",
@@ -73,6 +79,7 @@ __all__ = [
     "Source",
     "TcpProxy",
     "start_first_available",
+    "start_replication",
 ]
 
 #: Server-provisioning names, each imported from its module on first access (PEP 562).
@@ -85,6 +92,8 @@ _LAZY: dict[str, str] = {
     "PgBouncerUnavailable": "._pgbouncer",
     "ProxyMode": "._proxy",
     "TcpProxy": "._proxy",
+    "PostgresReplication": "._replication",
+    "start_replication": "._replication",
     "PostgresServer": "._server",
     "ServerControlUnavailable": "._server",
     "ServerStartError": "._server",

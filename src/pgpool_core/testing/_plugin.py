@@ -21,6 +21,7 @@ import pytest
 from ._discovery import DSN_ENV, HOW_TO_GET_ONE, Source
 from ._pgbouncer import PgBouncer, PgBouncerUnavailable
 from ._proxy import TcpProxy
+from ._replication import PostgresReplication, replication_source, start_replication
 from ._server import PostgresServer, start_first_available
 
 __all__ = [
@@ -203,3 +204,22 @@ def pgbouncer(postgres_server: PostgresServer) -> Iterator[PgBouncer]:
         pytest.skip(str(exc))
     with bouncer:
         yield bouncer
+
+
+@pytest.fixture
+def postgres_replication() -> Iterator[PostgresReplication]:
+    """A fresh :class:`PostgresReplication` for this test: a primary and a streaming
+    standby of its own (not the session's server), closed afterwards.
+
+    It needs local or embedded PostgreSQL binaries (``pg_basebackup`` included); without
+    them, or when ``PGPOOL_TEST_DSN`` names the session's server, tests using it are
+    skipped, except when ``CI`` is set, where they fail.
+    """
+    plan, problems = replication_source(os.environ)
+    if plan is None or plan.bindir is None:
+        message = f"no primary + standby for the tests: {'; '.join(problems)}"
+        if in_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    with start_replication(plan.bindir, source=plan.source) as pair:
+        yield pair

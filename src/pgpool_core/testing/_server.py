@@ -349,11 +349,24 @@ class LocalCluster:
     """``initdb`` + ``pg_ctl`` in a temp dir on a free port, TCP 127.0.0.1 and a unix socket."""
 
     def __init__(
-        self, bindir: Path, *, os_user: pwd.struct_passwd | None = None, port: int | None = None
+        self,
+        bindir: Path,
+        *,
+        os_user: pwd.struct_passwd | None = None,
+        port: int | None = None,
+        initdb: bool = True,
+        settings: Mapping[str, str] | None = None,
+        hba: str = "",
     ) -> None:
+        """``initdb=False`` leaves ``data`` absent, for a copy (``pg_basebackup``) to fill;
+        call :meth:`configure` once it is there. ``settings`` are appended to
+        ``postgresql.conf`` after the defaults (so they win), ``hba`` lines to ``pg_hba.conf``.
+        """
         self.bindir = bindir
         self.os_user = os_user
         self.port = port or free_port()
+        self.settings = dict(settings or {})
+        self.hba = hba
         self.base = Path(tempfile.mkdtemp(prefix="pgpool-test-"))
         self.data = self.base / "data"
         self.socket_dir = self.base
@@ -365,7 +378,8 @@ class LocalCluster:
             if os_user is not None:
                 os.chown(self.base, os_user.pw_uid, os_user.pw_gid)
             self._start_watchdog()
-            self._initdb()
+            if initdb:
+                self._initdb()
         except BaseException:
             self.close()
             raise
@@ -413,12 +427,18 @@ class LocalCluster:
             "initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
             "--encoding=UTF8", "--locale=C", "--no-sync",
         )  # fmt: skip
+        self.configure()
+        (self.data / "pg_hba.conf").write_text(_PG_HBA + self.hba, encoding="utf-8")
+
+    def configure(self) -> None:
+        """Append the test settings, this cluster's address and ``settings`` to
+        ``postgresql.conf``; later lines win, so this also re-addresses a copied data dir."""
         conf = "".join(f"{key} = '{value}'\n" for key, value in _SERVER_SETTINGS.items())
         conf += f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
         conf += f"unix_socket_directories = '{self.socket_dir}'\n"
+        conf += "".join(f"{key} = '{value}'\n" for key, value in self.settings.items())
         with open(self.data / "postgresql.conf", "a", encoding="utf-8") as fh:
             fh.write(conf)
-        (self.data / "pg_hba.conf").write_text(_PG_HBA, encoding="utf-8")
 
     def start(self) -> None:
         self._run(
