@@ -40,13 +40,13 @@ from ._checkout import Checkout, NotStarted
 from ._config import PoolOptions, PoolSettings
 from ._connector import AiopgConnector, Connector, TxStatus, UrlSource
 from ._leaks import NoLeakDetector, leak_detector
+from ._members import ReaderSet
 from ._metrics import Health, PoolObserver, PoolStatus, Recorder
 from ._opening import Opener, reconnect
-from ._redact import pool_name, server_address, url_option
+from ._redact import pool_name, server_address
 from ._result import QueryResult
 from ._retry import RetryPolicy
 from ._returns import Canceller, needs_restore, restore_slot
-from ._routing import Readers, Replica
 from ._session import (
     ConnectorBlock,
     OnDuration,
@@ -156,48 +156,31 @@ class PoolManager:
         self.role = "writer"
         #: Where the pool connects (``host:port`` of each host libpq tries), for metrics.
         self.server_address = server_address(settings.url) if settings.url else ""
-        self._readers: Readers[PoolManager] | None = None
-        self._sampler: asyncio.Task[None] | None = None
+        self._readers: ReaderSet[PoolManager] | None = None
         if settings.read_url or read_connectors:
-            self._readers = self._make_readers(
-                read_connectors, name is not None, retry, clock=clock, sleep=sleep, jitter=jitter
-            )
 
-    def _make_readers(
-        self,
-        connectors: Sequence[Connector],
-        named: bool,
-        retry: RetryPolicy | None,
-        *,
-        clock: Callable[[], float] | None,
-        sleep: Callable[[float], Awaitable[None]] | None,
-        jitter: Callable[[], float] | None,
-    ) -> Readers[PoolManager]:
-        """One pool per reader (a URL of ``read_url``, or a connector), sized as this one;
-        named after its server, or after this pool when ``named`` by the caller."""
-        settings = self.settings
-        urls = settings.read_url or ("",) * len(connectors)
-        replicas: list[Replica[PoolManager]] = []
-        names = {self.name}
-        for index, url in enumerate(urls):
-            name = pool_name(url) if url and not named else ""
-            if not name or name in names:
-                name = f"{self.name} reader {index + 1}"
-            names.add(name)
-            reader = PoolManager(
-                settings=dataclasses.replace(settings, url=url, read_url=()),
-                password=self._password,
-                connector=connectors[index] if connectors else None,
-                name=name,
-                retry=retry,
-                clock=clock,
-                sleep=sleep,
-                jitter=jitter,
+            def make(settings: PoolSettings, connector: Connector | None, name: str) -> PoolManager:
+                reader = PoolManager(
+                    settings=settings,
+                    password=password,
+                    connector=connector,
+                    name=name,
+                    retry=retry,
+                    clock=clock,
+                    sleep=sleep,
+                    jitter=jitter,
+                )
+                reader.role = "reader"
+                return reader
+
+            self._readers = ReaderSet.build(
+                settings,
+                read_connectors,
+                make,
+                writer=self.name,
+                named=name is not None,
+                sleep=self._sleep,
             )
-            reader.role = "reader"
-            wants = url_option(url, "target_session_attrs") == "standby" if url else False
-            replicas.append(Replica(reader, wants_standby=wants))
-        return Readers(replicas, max_lag=settings.max_replica_lag, fallback=settings.read_fallback)
 
     def __repr__(self) -> str:
         return (
@@ -222,8 +205,7 @@ class PoolManager:
     @property
     def readers(self) -> tuple[PoolManager, ...]:
         """The pools of ``read_url``, one per reader (empty without readers)."""
-        readers = self._readers
-        return () if readers is None else tuple(r.pool for r in readers.replicas)
+        return () if self._readers is None else self._readers.pools
 
     @property
     def in_use(self) -> int:
@@ -239,7 +221,7 @@ class PoolManager:
         """Sample every reader's role and replay lag now (a background task does this
         every interval; see ``max_replica_lag``)."""
         if self._readers is not None:
-            await self._readers.sample(self.settings.connect_timeout)
+            await self._readers.sample()
 
     def recycle(self) -> None:
         """Close every connection as it becomes free (idle ones now); new ones are opened
@@ -248,22 +230,22 @@ class PoolManager:
             self._discard(slot, bad=False)
         self._meet_demand()
 
-    def _for_read(self) -> PoolManager:
-        """The pool a read goes to: the fittest reader, else (``read_fallback``) this one.
+    def _for_read(self, on_error: OnError | None = None) -> PoolManager | None:
+        """The pool a read goes to: the fittest reader, else (``read_fallback``) this one;
+        None when there is none and ``on_error`` swallowed the error saying so.
 
         :raises PoolUnavailableError: no reader fit and ``read_fallback`` off.
         """
-        readers = self._readers
-        if readers is None:
+        if self._readers is None:
             return self
-        reader = readers.pick()
-        if reader is not None:
-            return reader
-        if not readers.fallback:
-            raise PoolUnavailableError(
-                f"pool {self.name}: no reader fit for reads ({readers.why_none()});"
-                " read_fallback is off"
-            )
+        try:
+            reader = self._readers.choose()
+        except PoolUnavailableError as exc:
+            apply_on_error(on_error, "postgres_connector", exc)
+            return None  # swallowed by the hook
+        return reader or self._fell_back()
+
+    def _fell_back(self) -> PoolManager:
         self._metrics.counters.reads_to_writer += 1
         return self
 
@@ -366,28 +348,13 @@ class PoolManager:
             self._meet_demand()
         self._tasks.maintain(self._maintain_forever())
         if self._readers is not None:
-            await self._start_readers(self._readers)
+            await self._readers.start()
         if wait:
             try:
                 await self.wait_ready(timeout)
             except BaseException:
                 await self.stop(0)
                 raise
-
-    async def _start_readers(self, readers: Readers[PoolManager]) -> None:
-        """Start the readers (lazily: a reader that is down never fails the start) and the
-        sampling of their role and lag: every maintenance interval, sooner when a
-        ``max_replica_lag`` needs it (half of it), the first sample at once."""
-        for reader in self.readers:
-            await reader.start()
-        settings = self.settings
-        interval = settings.maintenance_interval
-        if settings.max_replica_lag > 0:
-            interval = max(min(interval, settings.max_replica_lag / 2), 0.05)
-        bound = min(settings.connect_timeout, max(2 * interval, 1.0))
-        self._sampler = asyncio.get_running_loop().create_task(
-            readers.sample_forever(interval, bound, self._sleep), name=f"pgpool-sample-{self.name}"
-        )
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until a connection works (one is checked out and returned).
@@ -424,10 +391,8 @@ class PoolManager:
         under ``asyncio.wait_for``) still completes it. Idempotent: a later stop() waits for
         the same shutdown, bringing its deadline forward to its own ``timeout`` if sooner.
         """
-        if self._sampler is not None:
-            self._sampler.cancel()
-        if self.readers:
-            await asyncio.gather(self._stop(timeout), *(r.stop(timeout) for r in self.readers))
+        if self._readers is not None:
+            await asyncio.gather(self._stop(timeout), self._readers.stop(timeout))
         else:
             await self._stop(timeout)
 
@@ -705,13 +670,9 @@ class PoolManager:
         get a connection reaches ``on_error`` as ``"postgres_connector"``), without
         holding a connector: the fast path for one statement.
         """
-        pool = self
-        if read_only and not writer and self._readers is not None:
-            try:
-                pool = self._for_read()
-            except PoolUnavailableError as exc:
-                apply_on_error(on_error, "postgres_connector", exc)
-                return QueryResult(0, [])  # swallowed by the hook
+        pool = self._for_read(on_error) if read_only and not writer else self
+        if pool is None:
+            return QueryResult(0, [])  # no reader, and the hook swallowed that
         return await pool._run_once(
             sql,
             params,
@@ -735,13 +696,9 @@ class PoolManager:
         writer: bool = False,
     ) -> QueryResult:
         """Call a stored function (``SELECT * FROM name(params)``); like :meth:`execute`."""
-        pool = self
-        if read_only and not writer and self._readers is not None:
-            try:
-                pool = self._for_read()
-            except PoolUnavailableError as exc:
-                apply_on_error(on_error, "postgres_connector", exc)
-                return QueryResult(0, [])  # swallowed by the hook
+        pool = self._for_read(on_error) if read_only and not writer else self
+        if pool is None:
+            return QueryResult(0, [])  # no reader, and the hook swallowed that
         return await pool._run_once(
             name,
             params,
@@ -823,10 +780,10 @@ class PoolManager:
         take_for = self._checkout.take_for
         if read_only and not writer and self._readers is not None:
             try:
-                pool = self._for_read()
+                pool = self._readers.choose() or self._fell_back()
                 take_for = pool._checkout.take_for
             except PoolUnavailableError as exc:
-                take_for = functools.partial(_refuse, exc)
+                take_for = functools.partial(_refuse, exc)  # fails at the block's entry
 
         def make(slot: Slot, deadline: Deadline) -> PostgresConnector:
             return PostgresConnector(
@@ -868,14 +825,7 @@ class PoolManager:
             lambda: self.execute("SELECT 1", timeout=STATUS_CHECK_TIMEOUT),
             all_busy=not self._bag.idle and bool(self._bag.busy),
         )
-        readers: tuple[PoolStatus, ...] = ()
-        if self._readers is not None:
-            routing = self._readers
-            statuses = await asyncio.gather(*(r.status() for r in self.readers))
-            readers = tuple(
-                dataclasses.replace(status, lag=replica.lag, excluded=routing.excluded(replica))
-                for status, replica in zip(statuses, routing.replicas, strict=True)
-            )
+        readers = () if self._readers is None else await self._readers.statuses()
         return PoolStatus.of(
             self.stats(),  # one snapshot, read after the probe
             state=self._state.value,
