@@ -49,6 +49,9 @@ class Slot:
     holder: asyncio.Task[Any] | None = None
     #: Bumped on failover: connections of an older generation are not reused.
     generation: int = 0
+    #: In a transaction the pool began READ ONLY: a 25006 there is the caller's write,
+    #: not a sign of a read-only server.
+    read_only_tx: bool = False
 
 
 class Bag(Generic[W]):

@@ -12,6 +12,7 @@ import difflib
 import logging
 import math
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
@@ -115,17 +116,16 @@ def _parse_int(key: str, source: str, value: Any) -> int:
     raise SettingsError(f"{key} from {source}: expected an integer, got {value!r}")
 
 
-_URL_PREFIXES = ("postgresql://", "postgres://", "postgresql+srv://", "postgres+srv://")
+#: Where one string of URLs is cut: whitespace or a comma before the next URL's scheme
+#: (a multi-host URL's commas are followed by a host, never by ``scheme://``).
+_URL_SEPARATOR = re.compile(r"[\s,]+(?=[A-Za-z][A-Za-z0-9+.\-]*://)")
 
 
 def _parse_urls(key: str, source: str, value: Any) -> tuple[str, ...]:
-    """One URL or several: a sequence of strings, or one string holding several
-    ``postgresql://`` URLs separated by whitespace (a key=value DSN is always one)."""
+    """One URL or several: a sequence of strings, or one string holding several URLs,
+    separated by whitespace or commas (a key=value DSN is always one, and last)."""
     if isinstance(value, str):
-        words = value.split()
-        if len(words) > 1 and all(word.startswith(_URL_PREFIXES) for word in words):
-            return tuple(words)
-        return (value,) if value.strip() else ()
+        return tuple(part for part in _URL_SEPARATOR.split(value.strip()) if part)
     if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
         return tuple(item for item in value if item.strip())
     raise SettingsError(

@@ -43,10 +43,11 @@ from ._leaks import NoLeakDetector, leak_detector
 from ._members import ReaderSet
 from ._metrics import Health, PoolObserver, PoolStatus, Recorder
 from ._opening import Opener, reconnect
-from ._redact import pool_name, server_address
+from ._redact import passwords_in, pool_name, server_address
 from ._result import QueryResult
 from ._retry import RetryPolicy
 from ._returns import Canceller, needs_restore, restore_slot
+from ._routing import WRITER_LSN_SQL, parse_lsn
 from ._session import (
     ConnectorBlock,
     OnDuration,
@@ -162,7 +163,8 @@ class PoolManager:
             def make(settings: PoolSettings, connector: Connector | None, name: str) -> PoolManager:
                 reader = PoolManager(
                     settings=settings,
-                    password=password,
+                    # A reader URL with its own password keeps it (other credentials).
+                    password=None if passwords_in(settings.url) else password,
                     connector=connector,
                     name=name,
                     retry=retry,
@@ -177,9 +179,11 @@ class PoolManager:
                 settings,
                 read_connectors,
                 make,
-                writer=self.name,
+                writer=lambda: self.name,
                 named=name is not None,
+                clock=self._now,
                 sleep=self._sleep,
+                writer_lsn=self._wal_position,
             )
 
     def __repr__(self) -> str:
@@ -244,6 +248,14 @@ class PoolManager:
             apply_on_error(on_error, "postgres_connector", exc)
             return None  # swallowed by the hook
         return reader or self._fell_back()
+
+    async def _wal_position(self, timeout: float) -> int | None:
+        """The writer's WAL position (None if it cannot say: down, or not a primary)."""
+        try:
+            row = (await self.execute(WRITER_LSN_SQL, timeout=timeout)).row
+        except Exception:  # the readers' sample goes on without it
+            return None
+        return parse_lsn(row["lsn"]) if row else None
 
     def _fell_back(self) -> PoolManager:
         self._metrics.counters.reads_to_writer += 1
@@ -821,11 +833,17 @@ class PoolManager:
         """A :class:`PoolStatus`: :meth:`stats` plus the availability probe (a bounded
         ``SELECT 1`` unless a real outcome is recent). Never raises; before :meth:`start`,
         and while reconnecting, it reports unavailable without a probe."""
-        available = self._state is PoolState.OPEN and await self._health.confirm(
-            lambda: self.execute("SELECT 1", timeout=STATUS_CHECK_TIMEOUT),
-            all_busy=not self._bag.idle and bool(self._bag.busy),
-        )
-        readers = () if self._readers is None else await self._readers.statuses()
+
+        async def probe() -> bool:
+            return self._state is PoolState.OPEN and await self._health.confirm(
+                lambda: self.execute("SELECT 1", timeout=STATUS_CHECK_TIMEOUT),
+                all_busy=not self._bag.idle and bool(self._bag.busy),
+            )
+
+        async def readers() -> tuple[PoolStatus, ...]:  # probed at the same time
+            return () if self._readers is None else await self._readers.statuses()
+
+        available, members = await asyncio.gather(probe(), readers())
         return PoolStatus.of(
             self.stats(),  # one snapshot, read after the probe
             state=self._state.value,
@@ -836,7 +854,7 @@ class PoolManager:
             last_error=self._health.last_error,
             role=self.role,
             server=self.server_address,
-            readers=readers,
+            readers=members,
         )
 
     # -- maintenance ----------------------------------------------------------------------------

@@ -32,8 +32,13 @@ P = TypeVar("P", bound=ReaderPool)
 MakePool = Callable[[PoolSettings, "Connector | None", str], P]
 
 
+#: Seconds between samples of the readers when no ``max_replica_lag`` asks for sooner: a
+#: promoted reader stops getting reads, a recovered one gets them again, within this.
+SAMPLE_INTERVAL = 2.0
+
+
 class ReaderSet(Generic[P]):
-    """The readers of the writer named ``writer``, one pool each, and their routing."""
+    """The readers of the writer named ``writer()``, one pool each, and their routing."""
 
     __slots__ = ("_bound", "_interval", "_sampler", "_sleep", "pools", "routing", "writer")
 
@@ -41,7 +46,7 @@ class ReaderSet(Generic[P]):
         self,
         routing: Readers[P],
         *,
-        writer: str,
+        writer: Callable[[], str],
         interval: float,
         bound: float,
         sleep: Callable[[float], Awaitable[None]],
@@ -61,20 +66,23 @@ class ReaderSet(Generic[P]):
         connectors: Sequence[Connector],
         make: MakePool[P],
         *,
-        writer: str,
+        writer: Callable[[], str],
         named: bool,
+        clock: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
+        writer_lsn: Callable[[float], Awaitable[int | None]],
     ) -> ReaderSet[P]:
         """One pool per URL of ``read_url`` (or per connector), sized as the writer; named
         after its server, or after the writer when the caller ``named`` it. Sampled every
-        maintenance interval, or half of ``max_replica_lag`` when that is sooner."""
+        :data:`SAMPLE_INTERVAL`, or half of ``max_replica_lag`` when that is sooner, each
+        time after the writer's WAL position (``writer_lsn(bound)``)."""
         urls = settings.read_url or ("",) * len(connectors)
-        names = {writer}
+        names = {writer()}
         replicas: list[Replica[P]] = []
         for index, url in enumerate(urls):
             name = pool_name(url) if url and not named else ""
             if not name or name in names:
-                name = f"{writer} reader {index + 1}"
+                name = f"{writer()} reader {index + 1}"
             names.add(name)
             pool = make(
                 dataclasses.replace(settings, url=url, read_url=()),
@@ -83,19 +91,18 @@ class ReaderSet(Generic[P]):
             )
             wants = bool(url) and url_option(url, "target_session_attrs") == "standby"
             replicas.append(Replica(pool, wants_standby=wants))
-        interval = settings.maintenance_interval
+        interval = SAMPLE_INTERVAL
         if settings.max_replica_lag > 0:
             interval = max(min(interval, settings.max_replica_lag / 2), 0.05)
+        bound = min(settings.connect_timeout, max(2 * interval, 1.0))
         routing = Readers(
-            replicas, max_lag=settings.max_replica_lag, fallback=settings.read_fallback
+            replicas,
+            max_lag=settings.max_replica_lag,
+            fallback=settings.read_fallback,
+            clock=clock,
+            writer_lsn=writer_lsn,
         )
-        return cls(
-            routing,
-            writer=writer,
-            interval=interval,
-            bound=min(settings.connect_timeout, max(2 * interval, 1.0)),
-            sleep=sleep,
-        )
+        return cls(routing, writer=writer, interval=interval, bound=bound, sleep=sleep)
 
     async def start(self) -> None:
         """Start every reader (lazily: a reader that is down never fails the writer's
@@ -104,7 +111,7 @@ class ReaderSet(Generic[P]):
             await pool.start()
         self._sampler = asyncio.get_running_loop().create_task(
             self.routing.sample_forever(self._interval, self._bound, self._sleep),
-            name=f"pgpool-sample-{self.writer}",
+            name=f"pgpool-sample-{self.writer()}",
         )
 
     async def sample(self) -> None:
@@ -125,7 +132,7 @@ class ReaderSet(Generic[P]):
         reader = routing.pick()
         if reader is None and not routing.fallback:
             raise PoolUnavailableError(
-                f"pool {self.writer}: no reader fit for reads ({routing.why_none()});"
+                f"pool {self.writer()}: no reader fit for reads ({routing.why_none()});"
                 " read_fallback is off"
             )
         return reader

@@ -52,6 +52,12 @@ __all__ = [
 MASK = "***"
 
 _INVALID = "url: not a valid libpq URL or key=value DSN"
+#: A URL or a key=value password inside a field's value (``dbname=db,postgresql://u:pw@h``,
+#: ``db,host=h password=pw``): two URLs run together, whose second password libpq would
+#: not read as one.
+_EMBEDDED_URL = re.compile(
+    r"(postgres(ql)?(\+srv)?|aws\+srv)://|://[^/\s]*@|\bpassword\s*=", re.IGNORECASE
+)
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
 _URI_SCHEMES = ("postgresql", "postgres")
 _URI_PREFIXES = ("postgresql://", "postgres://")  # libpq's own test: case-sensitive
@@ -291,6 +297,12 @@ def _read(url: str) -> dict[str, str]:
         # Raised outside the except block: the driver error (which quotes the input)
         # must not ride along as __context__.
         raise SettingsError(f"{_INVALID} ({reason})")
+    for key, value in info.items():
+        if key != "password" and _EMBEDDED_URL.search(value):
+            raise SettingsError(
+                f"url: its {key} holds another URL or a password (several URLs are not one"
+                " string: give read_url a list, or separate its URLs with spaces)"
+            )
     for port in info.get("port", "").split(","):
         if port and not (port.isdigit() and 0 < int(port) < 65536):
             raise SettingsError(

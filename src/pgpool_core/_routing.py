@@ -8,6 +8,7 @@ server's role are sampled every interval on each reader (one small query), never
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -18,20 +19,39 @@ from ._result import QueryResult
 from ._state import PoolState
 from .errors import PoolTimeoutError
 
-__all__ = ["LAG_SQL", "Reader", "Readers", "Replica"]
+__all__ = ["LAG_SQL", "WRITER_LSN_SQL", "Reader", "Readers", "Replica", "WriterHistory"]
 
-#: Whether the server is a standby, and how far its replay is behind: 0 when it has
-#: replayed everything it received (also while its primary is down), else the age of the
-#: last transaction it replayed (infinite before it replayed any). The age over-states lag
-#: after the primary was idle, never under-states it: PostgreSQL's own measure.
+#: On a reader: whether it is a standby, the WAL position it has replayed, and how far its
+#: replay is behind what it received: 0 when it replayed all it received, else the age of
+#: the last transaction it replayed (infinite before it replayed any); unknown (NULL) when
+#: it has received nothing since it started (its primary down). This measure over-states
+#: lag after the primary was idle, and cannot see a standby cut off from a live primary:
+#: the writer's own position (:data:`WRITER_LSN_SQL`) covers that.
 LAG_SQL = (
-    "SELECT pg_is_in_recovery() AS standby, CASE"
-    " WHEN NOT pg_is_in_recovery() THEN NULL"
-    " WHEN pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0"
+    "SELECT pg_is_in_recovery() AS standby, pg_last_wal_replay_lsn()::text AS replayed, CASE"
+    " WHEN NOT pg_is_in_recovery() OR pg_last_wal_receive_lsn() IS NULL THEN NULL"
+    " WHEN pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0"
     " WHEN pg_last_xact_replay_timestamp() IS NULL THEN 'Infinity'::float8"
     " ELSE GREATEST(EXTRACT(epoch FROM now() - pg_last_xact_replay_timestamp())::float8, 0)"
     " END AS lag"
 )
+
+#: On the writer: its current WAL position.
+WRITER_LSN_SQL = "SELECT pg_current_wal_lsn()::text AS lsn"
+
+#: Writer positions kept at most (one per sample that saw the writer move).
+HISTORY = 10_000
+
+
+def parse_lsn(text: object) -> int | None:
+    """``'16/B374D848'`` as a number, None for anything else."""
+    if not isinstance(text, str) or "/" not in text:
+        return None
+    high, _, low = text.partition("/")
+    try:
+        return (int(high, 16) << 32) + int(low, 16)
+    except ValueError:
+        return None
 
 
 class Reader(Protocol):
@@ -63,14 +83,64 @@ class Replica(Generic[R]):
     wants_standby: bool = False
     standby: bool | None = None
     lag: float | None = None
+    #: The WAL position it had replayed at the latest sample.
+    replayed: int | None = None
+    sampled_at: float = float("-inf")
     problem: str | None = "not checked yet"
+
+
+class WriterHistory:
+    """When the writer was seen at which WAL position: a reader that has replayed up to
+    ``p`` is at least ``now - t`` behind, ``t`` the first time the writer was seen past
+    ``p``. Kept through a writer outage (a standby that replayed all the writer was last
+    seen to have is not behind); restarted when the position goes back (another server)."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: collections.deque[tuple[float, int]] = collections.deque(maxlen=HISTORY)
+
+    def saw(self, at: float, lsn: int) -> None:
+        seen = self._seen
+        if seen and lsn < seen[-1][1]:
+            seen.clear()
+        if not seen or lsn > seen[-1][1]:
+            seen.append((at, lsn))
+
+    def behind(self, replayed: int, now: float) -> float | None:
+        """Seconds a reader at ``replayed`` is at least behind; None with no history."""
+        if not self._seen:
+            return None
+        for at, lsn in self._seen:
+            if lsn > replayed:
+                return max(now - at, 0.0)
+        return 0.0
+
+    def forget_up_to(self, lsn: int) -> None:
+        """Positions every reader has passed are no longer needed (the latest stays)."""
+        seen = self._seen
+        while len(seen) > 1 and seen[0][1] <= lsn:
+            seen.popleft()
 
 
 class Readers(Generic[R]):
     """The readers of a pool, for :meth:`pick` (a read's pool) and :meth:`excluded` (why a
-    reader gets no reads)."""
+    reader gets no reads), and their sampling.
 
-    __slots__ = ("_rand", "fallback", "max_lag", "replicas")
+    ``writer_lsn()`` reads the writer's WAL position (None when it cannot). Between samples
+    a reader's lag is known only to be at most its sampled lag plus the time since: that
+    bound is what ``max_lag`` is held against, so a reader too busy to be sampled is not
+    trusted for longer than its margin."""
+
+    __slots__ = (
+        "_clock",
+        "_history",
+        "_rand",
+        "_writer_lsn",
+        "fallback",
+        "max_lag",
+        "replicas",
+    )
 
     def __init__(
         self,
@@ -78,11 +148,16 @@ class Readers(Generic[R]):
         *,
         max_lag: float,
         fallback: bool,
+        clock: Callable[[], float],
+        writer_lsn: Callable[[float], Awaitable[int | None]] | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.replicas = tuple(replicas)
         self.max_lag = max_lag
         self.fallback = fallback
+        self._clock = clock
+        self._writer_lsn = writer_lsn
+        self._history = WriterHistory()
         self._rand = rand
 
     def excluded(self, replica: Replica[R]) -> str | None:
@@ -97,8 +172,11 @@ class Readers(Generic[R]):
         if replica.wants_standby and replica.standby is False:
             return "not a standby any more (promoted?): reconnecting to find one"
         lag = replica.lag
-        if self.max_lag > 0 and lag is not None and lag > self.max_lag:
-            return f"replay lag {lag:.3g} s > max_replica_lag {self.max_lag:g} s"
+        if self.max_lag <= 0 or lag is None:
+            return None
+        at_most = lag + max(self._clock() - replica.sampled_at, 0.0)
+        if at_most > self.max_lag:
+            return f"replay lag {at_most:.3g} s > max_replica_lag {self.max_lag:g} s"
         return None
 
     def pick(self) -> R | None:
@@ -124,8 +202,16 @@ class Readers(Generic[R]):
         )
 
     async def sample(self, timeout: float) -> None:
-        """Sample every reader once, concurrently."""
+        """Sample the writer's position, then every reader, concurrently."""
+        if self._writer_lsn is not None:
+            at = self._clock()
+            lsn = await self._writer_lsn(timeout)
+            if lsn is not None:
+                self._history.saw(at, lsn)
         await asyncio.gather(*(self._sample_one(replica, timeout) for replica in self.replicas))
+        known = [r.replayed for r in self.replicas if r.replayed is not None]
+        if known and len(known) == len(self.replicas):
+            self._history.forget_up_to(min(known))
 
     async def sample_forever(
         self, interval: float, timeout: float, sleep: Callable[[float], Awaitable[None]]
@@ -142,14 +228,22 @@ class Readers(Generic[R]):
         try:
             result: QueryResult = await pool.execute(LAG_SQL, timeout=timeout)
         except PoolTimeoutError:
-            return  # every connection busy serving reads: the last sample stands
+            return  # every connection busy serving reads: see stale_after
         except Exception as exc:  # the reader's own error, already redacted by its pool
             replica.problem = f"check failed: {first_line(exc)}"
             return
+        now = self._clock()
         row = result.row or {}
         replica.standby = bool(row.get("standby"))
-        lag = row.get("lag")
-        replica.lag = None if lag is None else float(lag)
+        replica.replayed = parse_lsn(row.get("replayed"))
+        own = row.get("lag")
+        measures = [float(own)] if own is not None else []
+        if replica.standby and replica.replayed is not None:
+            behind = self._history.behind(replica.replayed, now)
+            if behind is not None:
+                measures.append(behind)
+        replica.lag = max(measures) if measures else None
+        replica.sampled_at = now
         replica.problem = None
         if replica.wants_standby and not replica.standby:
             pool.recycle()  # its connections reach a primary: find the standby again

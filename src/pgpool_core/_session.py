@@ -483,6 +483,7 @@ class PostgresConnector:
             self._begin = begin
         self._in_transaction, self._failure, self._ended_by = True, None, None
         self._doomed = None
+        self._slot.read_only_tx = read_only
         return xid
 
     async def _close_transaction(self, exc: BaseException | None, xid: XidMark | None) -> None:
@@ -492,6 +493,7 @@ class PostgresConnector:
         tools, slot = self._tools, self._slot
         conn = slot.conn
         self._in_transaction = False
+        slot.read_only_tx = False
         nothing_ran = self._begin is not None or (
             # The message that carried BEGIN was rejected whole (its answer came after the
             # caller stopped waiting): the server is idle and nothing of the block ran.

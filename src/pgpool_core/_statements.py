@@ -233,6 +233,7 @@ class StatementRunner:
                 self._on_lost(error)
             elif (
                 sqlstate(error) == READ_ONLY_SQL_TRANSACTION
+                and not slot.read_only_tx
                 and conn.server_read_only() is not False
             ):  # a read-only server, not a READ ONLY transaction on a writable one
                 self._on_read_only(slot)

@@ -30,6 +30,8 @@ from pgpool_core import PoolManager, PoolUnavailableError, sqlstate
 from pgpool_core.testing import PgBouncer, PostgresServer
 from pgpool_core.testing._replication import PostgresReplication
 
+from db_support import wait_for_condition
+
 WHERE = "SELECT inet_server_port() AS port, pg_is_in_recovery() AS standby"
 
 
@@ -192,6 +194,86 @@ async def test_without_fallback_a_lagging_reader_is_a_typed_error(
             await until_async(refused)
         finally:
             rep.resume_replay()
+
+
+async def test_a_standby_cut_off_from_a_live_primary_is_excluded(
+    pool: PoolManager, postgres_replication: PostgresReplication
+) -> None:
+    """The standby replayed all it received, so its own measure says 0; but it receives
+    nothing any more while the primary goes on: behind, by the writer's clock."""
+    rep = postgres_replication
+    original = rep.standby.query("SHOW primary_conninfo")[0]["primary_conninfo"]
+    rep.standby.query("ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=1'")
+    rep.standby.query("SELECT pg_reload_conf()")
+    try:
+
+        def cut_off() -> bool:
+            streaming = "SELECT count(*) AS n FROM pg_stat_wal_receiver WHERE status = 'streaming'"
+            return rep.standby.query(streaming)[0]["n"] == 0
+
+        await wait_for_condition(cut_off, timeout=10)
+        await pool.execute("INSERT INTO items VALUES (30, 'not streamed')")
+
+        async def excluded() -> bool:
+            return (await pool.status()).readers[0].excluded is not None
+
+        await until_async(excluded)
+        status = (await pool.status()).readers[0]
+        assert "replay lag" in str(status.excluded)
+        read = await pool.execute(
+            "SELECT note, inet_server_port() AS port FROM items", read_only=True
+        )
+        assert read.rows == [{"note": "not streamed", "port": port_of(rep.primary)}]
+    finally:
+        rep.standby.query("ALTER SYSTEM SET primary_conninfo = %s", [original])
+        rep.standby.query("SELECT pg_reload_conf()")
+
+
+async def test_a_caught_up_standby_restarted_while_the_primary_is_down_serves_reads(
+    postgres_replication: PostgresReplication,
+) -> None:
+    rep = postgres_replication
+    rep.primary.query("CREATE TABLE items (id int PRIMARY KEY)")
+    rep.primary.query("INSERT INTO items VALUES (1)")
+    rep.wait_caught_up()
+    rep.primary.stop()
+    rep.standby.restart()
+    async with PoolManager(
+        rep.primary.url,
+        read_url=with_query(rep.standby.url, target_session_attrs="standby"),
+        min_size=0,
+        max_replica_lag=5.0,
+        connect_timeout=1.0,
+    ) as pool:
+        await pool.sample_readers()
+        assert (await pool.status()).readers[0].excluded is None
+        read = await pool.execute(
+            "SELECT count(*) AS n, inet_server_port() AS port FROM items", read_only=True
+        )
+        assert read.row == {"n": 1, "port": port_of(rep.standby)}
+
+
+async def test_a_reader_url_with_its_own_credentials_uses_them(
+    postgres_replication: PostgresReplication,
+) -> None:
+    """The writer's rotating password= is not sent to a reader whose URL has its own."""
+    rep = postgres_replication
+    rep.primary.query("CREATE ROLE app LOGIN PASSWORD 'writer-pw'")
+    rep.primary.query("CREATE ROLE ro LOGIN PASSWORD 'reader-pw'")
+    rep.wait_caught_up()
+    async with PoolManager(
+        rep.primary.url_for(user="app"),
+        password=lambda: "writer-pw",
+        read_url=rep.standby.url_for(user="ro", password="reader-pw"),
+        min_size=1,
+    ) as pool:
+        await pool.sample_readers()
+        read = await pool.execute("SELECT current_user AS who", read_only=True)
+        write = await pool.execute("SELECT current_user AS who")
+        assert (read.row, write.row) == ({"who": "ro"}, {"who": "app"})
+        status = await pool.status()
+        assert "reader-pw" not in repr(status.as_dict())
+        assert "writer-pw" not in repr(status.as_dict())
 
 
 # -- failover -----------------------------------------------------------------------------

@@ -241,17 +241,33 @@ async def test_read_only_error_drains_only_when_the_server_is_read_only(
     fake: FakeConnector, reported: bool | None, drained: bool
 ) -> None:
     """25006 means failover only if the server may be read-only: one that reports its
-    sessions writable (in_hot_standby and default_transaction_read_only off) answered a
-    READ ONLY transaction's write, and keeps its connections."""
+    sessions writable (in_hot_standby and default_transaction_read_only off) refused the
+    write for another reason (say, SET TRANSACTION READ ONLY), and keeps its connections."""
     async with PoolManager(URL, connector=fake, min_size=0, max_size=2) as pool:
         await pool.execute("SELECT 1")
         fake.connections[0].read_only_server = reported
         fake.on("^INSERT", error=psycopg2.errors.ReadOnlySqlTransaction("read-only"))
         with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
-            async with pool.transaction(read_only=True) as tx:
-                await tx.execute("INSERT INTO t VALUES (1)")
+            await pool.execute("INSERT INTO t VALUES (1)")
         assert pool.stats()["failovers"] == int(drained)
         assert fake.connections[0].closed is drained
+
+
+async def test_read_only_transaction_write_is_never_a_failover_even_unreported(
+    fake: FakeConnector,
+) -> None:
+    """The pool began the transaction READ ONLY itself: its 25006 is the caller's write,
+    even when the server reports nothing (PostgreSQL before 14); a plain write's 25006 on
+    the same connection afterwards still drains."""
+    async with PoolManager(URL, connector=fake, min_size=0, max_size=2) as pool:
+        fake.on("^INSERT", error=psycopg2.errors.ReadOnlySqlTransaction("read-only"))
+        with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+            async with pool.transaction(read_only=True) as tx:
+                await tx.execute("INSERT INTO t VALUES (1)")
+        assert pool.stats()["failovers"] == 0
+        with pytest.raises(psycopg2.errors.ReadOnlySqlTransaction):
+            await pool.execute("INSERT INTO t VALUES (2)")
+        assert pool.stats()["failovers"] == 1
 
 
 async def test_stop_while_reconnecting_is_prompt(fake: FakeConnector) -> None:

@@ -4,12 +4,20 @@ read-your-writes sessions, status and metrics per member."""
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
 
-from pgpool_core import PoolManager, PoolSettings, PoolState, PoolUnavailableError, SettingsError
+from pgpool_core import (
+    PoolManager,
+    PoolSettings,
+    PoolState,
+    PoolTimeoutError,
+    PoolUnavailableError,
+    SettingsError,
+)
 from pgpool_core._routing import LAG_SQL, Readers, Replica
 from pgpool_core.testing import FakeConnector
 
@@ -297,7 +305,11 @@ class StubReader:
 async def test_ties_are_broken_at_random_and_busier_readers_lose() -> None:
     a, b, c = StubReader("a"), StubReader("b"), StubReader("c", in_use=1)
     readers = Readers(
-        [Replica(a), Replica(b), Replica(c)], max_lag=0, fallback=True, rand=random.Random(7).random
+        [Replica(a), Replica(b), Replica(c)],
+        max_lag=0,
+        fallback=True,
+        clock=time.monotonic,
+        rand=random.Random(7).random,
     )
     await readers.sample(1.0)
     picks = [readers.pick() for _ in range(200)]
@@ -307,7 +319,9 @@ async def test_ties_are_broken_at_random_and_busier_readers_lose() -> None:
 
 async def test_a_promoted_reader_that_should_be_a_standby_is_recycled_and_excluded() -> None:
     promoted = StubReader("r", row={"standby": False, "lag": None})
-    readers = Readers([Replica(promoted, wants_standby=True)], max_lag=0, fallback=True)
+    readers = Readers(
+        [Replica(promoted, wants_standby=True)], max_lag=0, fallback=True, clock=time.monotonic
+    )
     assert readers.pick() is None  # not checked yet: a standby is required
     await readers.sample(1.0)
     assert promoted.recycled == 1
@@ -320,7 +334,140 @@ async def test_a_promoted_reader_that_should_be_a_standby_is_recycled_and_exclud
 
 async def test_a_reader_not_open_is_excluded_with_its_state_and_error() -> None:
     down = StubReader("r", state=PoolState.RECONNECTING, last_error="connection refused")
-    readers = Readers([Replica(down)], max_lag=0, fallback=True)
+    readers = Readers([Replica(down)], max_lag=0, fallback=True, clock=time.monotonic)
     await readers.sample(1.0)
     assert readers.pick() is None
     assert readers.why_none() == "r: reconnecting (connection refused)"
+
+
+@pytest.mark.parametrize(
+    "joined",
+    [
+        "host=127.0.0.1 port=2 dbname=db,postgresql://ro:hunter2@127.0.0.1:3/db",
+        "postgresql://r1/db,host=r2 password=hunter2",
+        "postgresql://r1/db?application_name=x&options=postgresql://ro:hunter2@r2/db",
+    ],
+)
+def test_urls_run_together_are_refused_naming_the_setting_not_the_secret(joined: str) -> None:
+    """libpq would read the second URL into the first one's dbname or a query value, where
+    no redaction looks for a password: refused, for url and read_url alike."""
+    for build in (lambda: PoolSettings(url=joined), lambda: PoolSettings(read_url=[joined])):
+        with pytest.raises(SettingsError) as caught:
+            build()
+        assert "holds another URL or a password" in str(caught.value)
+        assert "hunter2" not in str(caught.value)
+
+
+def test_several_read_urls_in_one_string_by_spaces_or_commas() -> None:
+    settings = PoolSettings(
+        read_url="postgresql://a:1,b:2/db?target_session_attrs=standby,postgresql://c/db"
+        " postgresql://ro:hunter2@d/db"
+    )
+    assert settings.read_url == (
+        "postgresql://a:1,b:2/db?target_session_attrs=standby",
+        "postgresql://c/db",
+        "postgresql://ro:hunter2@d/db",
+    )
+    assert "hunter2" not in repr(settings)
+
+
+def test_a_reader_url_with_its_own_password_keeps_it() -> None:
+    """The writer's password= (say, a rotating one) goes to readers whose URL has none; a
+    reader URL with its own credentials keeps them."""
+
+    def rotating() -> str:
+        return "writer-secret"
+
+    pool = PoolManager(
+        URL,
+        password=rotating,
+        read_url=["postgresql://ro:own@r1/db", "postgresql://r2/db"],
+    )
+    own, shared = pool.readers
+    assert own._password is None
+    assert shared._password is rotating
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _lsn(n: int) -> str:
+    return f"{n >> 32:X}/{n & 0xFFFFFFFF:X}"
+
+
+async def test_a_standby_cut_off_from_a_live_writer_is_behind_by_the_writers_clock() -> None:
+    """The standby replayed all it received (its own measure says 0), but the writer has
+    moved on: it is behind since the writer was first seen past its position."""
+    clock, writer = Clock(), {"lsn": 1000}
+
+    async def writer_lsn(_timeout: float) -> int | None:
+        return writer["lsn"]
+
+    cut_off = StubReader("r", row={"standby": True, "lag": 0.0, "replayed": _lsn(1000)})
+    readers = Readers(
+        [Replica(cut_off)], max_lag=1.0, fallback=True, clock=clock, writer_lsn=writer_lsn
+    )
+    await readers.sample(1.0)
+    assert readers.pick() is cut_off
+    writer["lsn"] = 2000  # a write the standby never receives
+    clock.now += 0.5
+    await readers.sample(1.0)
+    assert readers.replicas[0].lag == 0.0  # seen just now
+    clock.now += 2.0
+    await readers.sample(1.0)
+    assert readers.replicas[0].lag == 2.0
+    assert readers.pick() is None
+    assert readers.why_none() == "r: replay lag 2 s > max_replica_lag 1 s"
+    cut_off.row = {"standby": True, "lag": 0.0, "replayed": _lsn(2000)}  # reconnected
+    clock.now += 0.5
+    await readers.sample(1.0)
+    assert readers.pick() is cut_off
+
+
+async def test_a_caught_up_standby_serves_while_the_writer_is_down() -> None:
+    """Restarted while its primary is down, a standby knows nothing of its own lag (NULL);
+    it replayed everything the writer was last seen to have: not behind."""
+    clock, up = Clock(), {"lsn": 5000}
+
+    async def writer_lsn(_timeout: float) -> int | None:
+        return up["lsn"]
+
+    standby = StubReader("r", row={"standby": True, "lag": 0.0, "replayed": _lsn(5000)})
+    readers = Readers(
+        [Replica(standby)], max_lag=1.0, fallback=True, clock=clock, writer_lsn=writer_lsn
+    )
+    await readers.sample(1.0)
+    up["lsn"] = None  # type: ignore[assignment]  # the writer is down
+    standby.row = {"standby": True, "lag": None, "replayed": _lsn(5000)}  # restarted
+    clock.now += 30
+    await readers.sample(1.0)
+    assert readers.replicas[0].lag == 0.0
+    assert readers.pick() is standby
+
+
+async def test_between_samples_lag_is_held_at_its_upper_bound() -> None:
+    """With max_replica_lag set, a reader's lag counts as its sampled lag plus the time
+    since that sample: a reader whose samples time out (every connection busy) may be
+    falling behind unseen, and is trusted only for its margin."""
+    clock = Clock()
+    busy = StubReader("r", row={"standby": True, "lag": 0.25, "replayed": _lsn(1)})
+    readers = Readers([Replica(busy)], max_lag=1.0, fallback=True, clock=clock)
+    await readers.sample(1.0)
+    assert readers.pick() is busy
+
+    async def saturated(*_args: object, **_kwargs: object) -> None:
+        raise PoolTimeoutError("every connection busy")
+
+    busy.execute = saturated  # type: ignore[assignment,method-assign]
+    clock.now += 0.5
+    await readers.sample(1.0)
+    assert readers.pick() is busy  # at most 0.75 s behind
+    clock.now += 0.5
+    await readers.sample(1.0)
+    assert readers.pick() is None
+    assert readers.why_none() == "r: replay lag 1.25 s > max_replica_lag 1 s"
