@@ -1,0 +1,273 @@
+"""The pool's calls: one statement (:meth:`QueryApi.execute`), a transaction, a pinned
+connector, the raw connection, read routing among readers and read-your-writes sessions.
+
+A mixin of :class:`~pgpool_core.PoolManager`, which provides the checkout, the release and
+the session tools these calls run on (declared below, so each use is checked).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from ._bag import Slot
+from ._result import QueryResult
+from ._routing import WRITER_LSN_SQL, parse_lsn
+from ._session import (
+    ConnectorBlock,
+    OnDuration,
+    OnError,
+    PostgresConnector,
+    SessionTools,
+    apply_on_error,
+    broke,
+)
+from ._sessions import Session
+from ._statements import Deadline, check_timeout
+from .errors import PoolError, PoolUnavailableError
+
+if TYPE_CHECKING:
+    from ._checkout import Checkout, NotStarted
+    from ._manager import PoolManager
+    from ._members import ReaderSet
+    from ._metrics import Recorder
+
+__all__ = ["QueryApi"]
+
+
+async def _refuse(error: PoolError, *_args: object) -> tuple[Slot, Deadline]:
+    raise error
+
+
+class QueryApi:
+    """The calls of :class:`~pgpool_core.PoolManager` (see there)."""
+
+    if TYPE_CHECKING:  # provided by PoolManager
+        name: str
+        _checkout: Checkout | NotStarted
+        _metrics: Recorder
+        _readers: ReaderSet[PoolManager] | None
+        _run_once: Callable[..., Awaitable[QueryResult]]
+        _tools: SessionTools
+
+        def _release(self, slot: Slot, bad: bool = False) -> None: ...
+
+    def _pool(self) -> PoolManager:
+        """This object as the pool it is a part of."""
+        return cast("PoolManager", self)
+
+    @property
+    def readers(self) -> tuple[PoolManager, ...]:
+        """The pools of ``read_url``, one per reader (empty without readers)."""
+        return () if self._readers is None else self._readers.pools
+
+    async def sample_readers(self) -> None:
+        """Sample every reader's role and replay lag now (a background task does this
+        every interval; see ``max_replica_lag``)."""
+        if self._readers is not None:
+            await self._readers.sample()
+
+    def _for_read(self, on_error: OnError | None = None) -> PoolManager | None:
+        """The pool a read goes to: the fittest reader, else (``read_fallback``) this one;
+        None when there is none and ``on_error`` swallowed the error saying so.
+
+        :raises PoolUnavailableError: no reader fit and ``read_fallback`` off.
+        """
+        if self._readers is None:
+            return self._pool()
+        try:
+            reader = self._readers.choose()
+        except PoolUnavailableError as exc:
+            apply_on_error(on_error, "postgres_connector", exc)
+            return None  # swallowed by the hook
+        return reader or self._fell_back()
+
+    async def _wal_position(self, timeout: float) -> int | None:
+        """The writer's WAL position (None if it cannot say: down, or not a primary)."""
+        try:
+            row = (await self.execute(WRITER_LSN_SQL, timeout=timeout)).row
+        except Exception:  # the readers' sample goes on without it
+            return None
+        return parse_lsn(row["lsn"]) if row else None
+
+    def _fell_back(self) -> PoolManager:
+        self._metrics.counters.reads_to_writer += 1
+        return self._pool()
+
+    def session(self) -> Session:
+        """A read-your-writes scope: reads (``read_only=True``) go to readers until the
+        session sends anything else, then to the writer for the rest of the session."""
+        return Session(self._pool())
+
+    @contextlib.asynccontextmanager
+    async def _holding(
+        self, timeout: float | None, metric_name: str = ""
+    ) -> AsyncIterator[tuple[Slot, Deadline]]:
+        slot, deadline = await self._checkout.take_for(timeout, metric_name)
+        try:
+            yield slot, deadline
+        except BaseException as exc:
+            self._release(slot, broke(slot, exc))
+            raise
+        self._release(slot)
+
+    async def execute(
+        self,
+        sql: str,
+        params: Any = None,
+        *,
+        metric_name: str = "",
+        timeout: float | None = None,
+        on_error: OnError | None = None,
+        on_duration: OnDuration | None = None,
+        read_only: bool = False,
+        writer: bool = False,
+    ) -> QueryResult:
+        """Run one statement on a pooled connection and return its :class:`QueryResult`.
+
+        :param timeout: seconds for the whole call (waiting + running); default
+            ``acquire_timeout`` to get a connection, then ``query_timeout`` to run.
+        :param read_only: the statement only reads: it may run on a reader (see
+            ``read_url``); nothing checks that it does not write (a reader refuses writes).
+        :param writer: run on the writer even when ``read_only`` (a read that must see
+            this client's latest writes; :meth:`session` does this for you).
+        :raises PoolTimeoutError: no connection free in time.
+        :raises QueryTimeoutError: the statement ran out of time (cancelled server-side).
+        :raises psycopg2.Error: errors from the SQL itself, unwrapped.
+
+        ``on_error`` and ``on_duration`` are the hooks of :meth:`connector` (a failure to
+        get a connection reaches ``on_error`` as ``"postgres_connector"``), without
+        holding a connector: the fast path for one statement.
+        """
+        pool = self._for_read(on_error) if read_only and not writer else self._pool()
+        if pool is None:
+            return QueryResult(0, [])  # no reader, and the hook swallowed that
+        return await pool._run_once(
+            sql,
+            params,
+            timeout=check_timeout(timeout),
+            metric_name=metric_name,
+            on_error=on_error,
+            on_duration=on_duration,
+            callproc=False,
+        )
+
+    async def callproc(
+        self,
+        name: str,
+        params: Any = None,
+        *,
+        metric_name: str = "",
+        timeout: float | None = None,
+        on_error: OnError | None = None,
+        on_duration: OnDuration | None = None,
+        read_only: bool = False,
+        writer: bool = False,
+    ) -> QueryResult:
+        """Call a stored function (``SELECT * FROM name(params)``); like :meth:`execute`."""
+        pool = self._for_read(on_error) if read_only and not writer else self._pool()
+        if pool is None:
+            return QueryResult(0, [])  # no reader, and the hook swallowed that
+        return await pool._run_once(
+            name,
+            params,
+            timeout=check_timeout(timeout),
+            metric_name=metric_name,
+            on_error=on_error,
+            on_duration=on_duration,
+            callproc=True,
+        )
+
+    def transaction(
+        self,
+        timeout: float | None = None,
+        *,
+        resolve_commit: bool | None = None,
+        on_error: OnError | None = None,
+        on_duration: OnDuration | None = None,
+        checkout_failed: Callable[[PoolError], None] | None = None,
+        read_only: bool = False,
+        writer: bool = False,
+    ) -> ConnectorBlock:
+        """``BEGIN`` ... ``COMMIT`` on one connection; ``ROLLBACK`` if the block raises
+        (an async context manager giving a :class:`PostgresConnector`). ``read_only=True``:
+        ``BEGIN READ ONLY``, on a reader when there is one fit (see ``read_url``) unless
+        ``writer=True`` keeps it on the writer.
+
+        ``timeout`` bounds the whole transaction, from waiting for the connection to COMMIT.
+        Leaving the block without an error commits, and returns only if the server
+        committed: see :meth:`PostgresConnector.transaction` for what each error means.
+        ``resolve_commit`` overrides the ``resolve_commits`` setting for this transaction;
+        ``on_error``, ``on_duration`` and ``checkout_failed`` are :meth:`connector`'s.
+        """
+        return self._block(
+            timeout,
+            on_error,
+            on_duration,
+            read_only,
+            writer,
+            transaction=True,
+            resolve_commit=resolve_commit,
+            checkout_failed=checkout_failed,
+        )
+
+    def connector(
+        self,
+        on_error: OnError | None = None,
+        on_duration: OnDuration | None = None,
+        timeout: float | None = None,
+        *,
+        checkout_failed: Callable[[PoolError], None] | None = None,
+        read_only: bool = False,
+        writer: bool = False,
+    ) -> ConnectorBlock:
+        """A connector pinned to one connection for the block, with sprockets-postgres hooks
+        (an async context manager giving a :class:`PostgresConnector`). ``read_only=True``:
+        the connection is a reader's when one is fit (see ``read_url``) unless ``writer``.
+
+        ``on_error(metric_name, exc)`` returns the exception to raise, or None to swallow
+        it (the call then returns an empty result); ``on_duration(metric_name, seconds)``
+        gets each statement's duration. ``checkout_failed(exc)``, if given, gets a failure
+        to check a connection out: it raises, or returns and the block gets None.
+        """
+        return self._block(
+            timeout, on_error, on_duration, read_only, writer, checkout_failed=checkout_failed
+        )
+
+    def _block(
+        self,
+        timeout: float | None,
+        on_error: OnError | None,
+        on_duration: OnDuration | None,
+        read_only: bool,
+        writer: bool,
+        **options: Any,
+    ) -> ConnectorBlock:
+        """The block of :meth:`connector` and :meth:`transaction` (``timeout`` is checked on
+        entering, as a failure to check out; so is finding no reader)."""
+        pool = self._pool()
+        take_for = self._checkout.take_for
+        if read_only and not writer and self._readers is not None:
+            try:
+                pool = self._readers.choose() or self._fell_back()
+                take_for = pool._checkout.take_for
+            except PoolUnavailableError as exc:
+                take_for = functools.partial(_refuse, exc)  # fails at the block's entry
+
+        def make(slot: Slot, deadline: Deadline) -> PostgresConnector:
+            return PostgresConnector(
+                slot, deadline, pool._tools, on_error=on_error, on_duration=on_duration
+            )
+
+        return ConnectorBlock(
+            take_for, make, pool._release, timeout, read_only=read_only, **options
+        )
+
+    @contextlib.asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[Any]:
+        """The checked-out aiopg connection itself (escape hatch). Returned on exit: rolled
+        back if left in a transaction, discarded if left busy or broken."""
+        async with self._holding(check_timeout(timeout)) as (slot, _deadline):
+            yield slot.conn.handle
