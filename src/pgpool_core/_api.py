@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._bag import Slot
+from ._classify import ErrorKind, classify
+from ._redact import first_line
 from ._result import QueryResult
 from ._routing import WRITER_LSN_SQL, parse_lsn
 from ._session import (
@@ -26,15 +29,28 @@ from ._session import (
 )
 from ._sessions import Session
 from ._statements import Deadline, check_timeout
-from .errors import PoolError, PoolUnavailableError
+from .errors import PoolError, PoolUnavailableError, QueryParameterError
 
 if TYPE_CHECKING:
     from ._checkout import Checkout, NotStarted
     from ._manager import PoolManager
     from ._members import ReaderSet
     from ._metrics import Recorder
+    from ._retry import RetryPolicy
 
 __all__ = ["QueryApi"]
+
+LOGGER = logging.getLogger("pgpool")
+
+T = TypeVar("T")
+
+
+def _count_attempts(exc: BaseException, attempts: int) -> None:
+    """Say on the error how many attempts ran (its ``attempts``, and a note)."""
+    with contextlib.suppress(AttributeError, TypeError):  # an exception without __dict__
+        exc.attempts = attempts  # type: ignore[attr-defined]
+    if hasattr(exc, "add_note"):  # Python 3.11+
+        exc.add_note(f"pgpool: after {attempts} attempt(s) of the transaction")
 
 
 async def _refuse(error: PoolError, *_args: object) -> tuple[Slot, Deadline]:
@@ -49,7 +65,9 @@ class QueryApi:
         _checkout: Checkout | NotStarted
         _metrics: Recorder
         _readers: ReaderSet[PoolManager] | None
+        _retry: RetryPolicy
         _run_once: Callable[..., Awaitable[QueryResult]]
+        _sleep: Callable[[float], Awaitable[None]]
         _tools: SessionTools
 
         def _release(self, slot: Slot, bad: bool = False) -> None: ...
@@ -124,6 +142,7 @@ class QueryApi:
         on_duration: OnDuration | None = None,
         read_only: bool = False,
         writer: bool = False,
+        idempotent: bool = False,
     ) -> QueryResult:
         """Run one statement on a pooled connection and return its :class:`QueryResult`.
 
@@ -133,6 +152,10 @@ class QueryApi:
             ``read_url``); nothing checks that it does not write (a reader refuses writes).
         :param writer: run on the writer even when ``read_only`` (a read that must see
             this client's latest writes; :meth:`session` does this for you).
+        :param idempotent: running the statement twice is harmless: if its connection
+            dies under it (lost, terminated, or a read-only server after a failover), it
+            runs once more on another connection, within the same deadline. Never for a
+            statement that must not run twice.
         :raises PoolTimeoutError: no connection free in time.
         :raises QueryTimeoutError: the statement ran out of time (cancelled server-side).
         :raises psycopg2.Error: errors from the SQL itself, unwrapped.
@@ -152,6 +175,7 @@ class QueryApi:
             on_error=on_error,
             on_duration=on_duration,
             callproc=False,
+            idempotent=idempotent,
         )
 
     async def callproc(
@@ -165,6 +189,7 @@ class QueryApi:
         on_duration: OnDuration | None = None,
         read_only: bool = False,
         writer: bool = False,
+        idempotent: bool = False,
     ) -> QueryResult:
         """Call a stored function (``SELECT * FROM name(params)``); like :meth:`execute`."""
         pool = self._for_read(on_error) if read_only and not writer else self._pool()
@@ -178,7 +203,65 @@ class QueryApi:
             on_error=on_error,
             on_duration=on_duration,
             callproc=True,
+            idempotent=idempotent,
         )
+
+    async def run_transaction(
+        self,
+        fn: Callable[[PostgresConnector], Awaitable[T]],
+        *,
+        retries: int = 3,
+        timeout: float | None = None,
+        read_only: bool = False,
+        writer: bool = False,
+        resolve_commit: bool | None = None,
+        on_duration: OnDuration | None = None,
+    ) -> T:
+        """``await fn(tx)`` in a :meth:`transaction`, run again (up to ``retries`` more
+        times, with the reconnect backoff between) when the server rolled it back for a
+        serialization failure (40001) or a deadlock (40P01), and only then: each retry
+        starts from a transaction of which nothing was committed. ``fn`` may run several
+        times, so it must not have effects outside the database that cannot repeat.
+
+        ``timeout`` bounds all attempts together. Returns what ``fn`` returned in the
+        attempt that committed. Otherwise the last attempt's error is raised as it is, with
+        ``attempts`` (how many ran) set on it and in its notes.
+        """
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise QueryParameterError(f"retries: expected an integer >= 0, got {retries!r}")
+        bound = check_timeout(timeout)
+        clock, pool = self._tools.clock, self._pool()
+        end = None if bound is None else clock() + bound
+        attempt = 1
+        while True:
+            left = None if end is None else max(end - clock(), 0.0)
+            try:
+                async with pool.transaction(
+                    left,
+                    resolve_commit=resolve_commit,
+                    on_duration=on_duration,
+                    read_only=read_only,
+                    writer=writer,
+                ) as tx:
+                    return await fn(tx)
+            except Exception as exc:
+                delay = pool._retry.next_delay(attempt - 1)
+                if (
+                    classify(exc) is not ErrorKind.TRANSACTION_CONFLICT
+                    or attempt > retries
+                    or (end is not None and clock() + delay >= end)
+                ):
+                    _count_attempts(exc, attempt)
+                    raise
+                LOGGER.info(
+                    "transaction rolled back by the server (%s); attempt %d of %d in %.3f s",
+                    first_line(exc),
+                    attempt + 1,
+                    retries + 1,
+                    delay,
+                )
+            await pool._sleep(delay)
+            attempt += 1
 
     def transaction(
         self,

@@ -22,7 +22,7 @@ from .errors import (
     TransactionRolledBackError,
 )
 
-__all__ = ["ErrorKind", "classify", "sqlstate"]
+__all__ = ["ErrorKind", "classify", "connection_died", "sqlstate"]
 
 
 class ErrorKind(enum.Enum):
@@ -105,6 +105,20 @@ def _class_codes() -> dict[type[BaseException], str]:
 
 
 _CLASS_CODES = _class_codes()
+
+
+#: SQLSTATEs after which a statement may run again on another connection: the server ended
+#: the session (administrator or crash shutdown), or is read-only after a failover.
+_SESSION_ENDED = frozenset({"57P01", "57P02", "25006"})
+
+
+def connection_died(exc: BaseException) -> bool:
+    """Whether a driver error says the connection (or its server's role) is gone, not the
+    statement wrong: a lost connection (class 08, no SQLSTATE), a terminated backend, a
+    read-only server after a failover."""
+    if not isinstance(exc, psycopg2.Error):
+        return False
+    return classify(exc) is ErrorKind.CONNECTION_FAILURE or sqlstate(exc) in _SESSION_ENDED
 
 
 def classify(exc: BaseException) -> ErrorKind:

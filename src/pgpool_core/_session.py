@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,9 +15,11 @@ from typing import Any
 import psycopg2
 
 from ._bag import Slot
+from ._classify import connection_died
 from ._config import PoolSettings
 from ._connector import DriverConnection, TxStatus
 from ._metrics import Recorder
+from ._redact import first_line
 from ._result import QueryResult
 from ._returns import Canceller
 from ._statements import Deadline, SessionStateWarnings, StatementRunner, check_timeout
@@ -38,6 +41,8 @@ __all__ = [
     "apply_on_error",
     "run_once",
 ]
+
+LOGGER = logging.getLogger("pgpool")
 
 OnError = Callable[[str, Exception], "Exception | None"]
 OnDuration = Callable[[str, float], None]
@@ -93,10 +98,15 @@ async def run_once(
     on_error: OnError | None,
     on_duration: OnDuration | None,
     callproc: bool,
+    idempotent: bool = False,
 ) -> QueryResult:
     """One statement on a connection of its own, with the hooks of a connector but without
     holding one: ``PoolManager.execute()``'s fast path. A failure to get a connection
-    reaches ``on_error`` as ``postgres_connector``."""
+    reaches ``on_error`` as ``postgres_connector``.
+
+    ``idempotent``: a statement whose connection died under it (or that met a read-only
+    server after a failover) runs once more, on another connection, within what is left of
+    the same deadline; running it twice must be harmless, since it may have run."""
     try:
         slot, deadline = await acquire(timeout, metric_name)
     except PoolError as exc:
@@ -110,15 +120,37 @@ async def run_once(
     except BaseException as exc:
         failure = exc
         release(slot, broke(slot, exc))
-        if isinstance(exc, (psycopg2.Error, PoolError)):
+        left = deadline.remaining(clock())
+        if idempotent and connection_died(exc) and left > 0:
+            pass  # run again below, once
+        elif isinstance(exc, (psycopg2.Error, PoolError)):
             apply_on_error(on_error, metric_name, exc)
             return QueryResult(0, [])  # swallowed by the hook
-        raise
+        else:
+            raise
     finally:
         if on_duration is not None or tools.recorder.observers:
             report_duration(tools.recorder, on_duration, metric_name, clock() - started, failure)
-    release(slot, False)
-    return result
+    if failure is None:
+        release(slot, False)
+        return result
+    LOGGER.info(
+        "idempotent statement %r: %s; running it again on another connection",
+        metric_name,
+        first_line(failure),
+    )
+    return await run_once(
+        tools,
+        acquire,
+        release,
+        sql,
+        params,
+        timeout=left,
+        metric_name=metric_name,
+        on_error=on_error,
+        on_duration=on_duration,
+        callproc=callproc,
+    )
 
 
 @dataclass(frozen=True)

@@ -294,6 +294,17 @@ class ReadsHandler(Handler):
         self.write({"ok": True})
 
 
+class RetryHandler(Handler):
+    """A transaction run again on a serialization failure (postgres_run_transaction)."""
+
+    async def post(self) -> None:
+        async def work(tx: PostgresConnector) -> int:
+            await tx.execute("UPDATE counters SET n = n + 1")
+            return 1
+
+        self.write({"done": await self.postgres_run_transaction(work, retries=1)})
+
+
 ROUTES: list[Any] = [
     (r"/run/(\w+)", RunHandler),
     (r"/error-writer/run/(\w+)", ErrorWriterRunHandler),
@@ -313,6 +324,7 @@ ROUTES: list[Any] = [
     (r"/error-writer/raise/([\w-]+)", ErrorWriterRaisingHandler),
     (r"/status", StatusRequestHandler),
     (r"/reads", ReadsHandler),
+    (r"/retry", RetryHandler),
 ]
 
 
@@ -1290,3 +1302,35 @@ async def test_status_lists_each_reader(serve: Serve, reader: FakeConnector) -> 
     status = await s.app.postgres_status()
     [again] = status["readers"]
     assert {**again, "excluded": None} == {**member, "excluded": None}
+
+
+# -- retries ------------------------------------------------------------------------------------
+
+
+async def test_run_transaction_retries_a_conflict_then_answers(serve: Serve) -> None:
+    s = await serve()
+    conflicts = [psycopg2.errors.SerializationFailure("could not serialize access")]
+    real = s.fake.script_for
+
+    def first_conflicts(sql: str) -> Any:
+        if sql.startswith("UPDATE counters") and conflicts:
+            from pgpool_core.testing import Script
+
+            return Script("UPDATE", error=conflicts.pop())
+        return real(sql)
+
+    s.fake.script_for = first_conflicts  # type: ignore[method-assign]
+    response = await s("/retry", method="POST")
+    assert response.code == 200
+    assert json.loads(response.body) == {"done": 1}
+    assert s.statements().count("UPDATE counters SET n = n + 1") == 2
+    assert s.statements()[-1] == "COMMIT"
+
+
+async def test_run_transaction_conflicts_to_the_end_answer_409(serve: Serve) -> None:
+    s = await serve()
+    s.fake.on("^UPDATE counters", error=psycopg2.errors.SerializationFailure("conflict"))
+    response = await s("/retry", method="POST")
+    assert response.code == 409
+    assert s.statements().count("UPDATE counters SET n = n + 1") == 2  # retries=1
+    assert "COMMIT" not in s.statements()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, TypeAlias, cast
+from typing import Any, TypeAlias, TypeVar, cast
 
 import psycopg2
 import psycopg2.errors
@@ -39,6 +39,8 @@ from pgpool_core import (
     sqlstate,
 )
 from pgpool_core._session import apply_on_error
+
+T = TypeVar("T")
 
 try:  # tornado-problem-details is optional
     import problemdetails
@@ -359,14 +361,22 @@ class RequestHandlerMixin:
         *,
         timeout: Timeout = None,
         read_only: bool | None = None,
+        idempotent: bool = False,
     ) -> QueryResult | None:
         """Run one statement; ``timeout`` bounds the whole call (waiting included).
-        ``read_only=True`` (default: :attr:`postgres_read_only`) lets it run on a reader.
+        ``read_only=True`` (default: :attr:`postgres_read_only`) lets it run on a reader;
+        ``idempotent=True`` runs it once more if its connection dies under it.
 
         Returns None when :meth:`on_postgres_error` returned None for its error (swallowed),
         as sprockets-postgres does."""
         return await self._postgres_one(
-            sql, parameters, metric_name, timeout, read_only, callproc=False
+            sql,
+            parameters,
+            metric_name,
+            timeout,
+            read_only=read_only,
+            idempotent=idempotent,
+            callproc=False,
         )
 
     async def postgres_callproc(
@@ -377,10 +387,17 @@ class RequestHandlerMixin:
         *,
         timeout: Timeout = None,
         read_only: bool | None = None,
+        idempotent: bool = False,
     ) -> QueryResult | None:
         """Call a stored function; like :meth:`postgres_execute`."""
         return await self._postgres_one(
-            name, parameters, metric_name, timeout, read_only, callproc=True
+            name,
+            parameters,
+            metric_name,
+            timeout,
+            read_only=read_only,
+            idempotent=idempotent,
+            callproc=True,
         )
 
     async def _postgres_one(
@@ -389,8 +406,9 @@ class RequestHandlerMixin:
         parameters: Any,
         metric_name: str,
         timeout: Timeout,
-        read_only: bool | None,
         *,
+        read_only: bool | None,
+        idempotent: bool,
         callproc: bool,
     ) -> QueryResult | None:
         # One statement: the pool's hook-aware fast path, no connector context needed.
@@ -418,6 +436,7 @@ class RequestHandlerMixin:
             on_duration=self.on_postgres_timing,
             read_only=reads,
             writer=writer,
+            idempotent=idempotent,
         )
         return None if swallowed else result
 
@@ -457,6 +476,38 @@ class RequestHandlerMixin:
             read_only=reads,
             writer=writer,
         )
+
+    async def postgres_run_transaction(
+        self,
+        fn: Callable[[PostgresConnector], Awaitable[T]],
+        *,
+        retries: int = 3,
+        timeout: Timeout = None,
+        read_only: bool | None = None,
+    ) -> T:
+        """``await fn(tx)`` in a transaction, run again on a serialization failure or a
+        deadlock (see :meth:`pgpool_core.PoolManager.run_transaction`). The final failure
+        goes to :meth:`on_postgres_error` as ``postgres_transaction`` (which cannot swallow
+        it: an outcome is never silenced)."""
+        reads, writer = self._postgres_route(read_only)
+        pool: PoolManager | None = self.application.postgres_pool
+        try:
+            if pool is None:
+                raise PoolClosedError("the PostgreSQL pool is not started")
+            return await pool.run_transaction(
+                fn,
+                retries=retries,
+                timeout=timeout,
+                read_only=reads,
+                writer=writer,
+                on_duration=self.on_postgres_timing,
+            )
+        except PoolClosedError as exc:
+            apply_on_error(self.on_postgres_error, "postgres_connector", exc)
+            raise
+        except (psycopg2.Error, PoolError) as exc:
+            apply_on_error(self.on_postgres_error, "postgres_transaction", exc)
+            raise
 
     def on_postgres_error(self, metric_name: str, exc: Exception) -> Exception | None:
         """Raise the HTTP error for a database failure (an override may instead return an
