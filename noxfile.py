@@ -23,12 +23,15 @@ def install_dev(session: nox.Session) -> None:
 
 
 def run_pytest(session: nox.Session, *args: str, env: dict[str, str] | None = None) -> None:
-    """The one pytest runner every test session shares: coverage on, warnings are errors."""
+    """The one pytest runner every test session shares: coverage on, warnings are errors.
+    The coverage floor (pyproject) holds for the whole suite; a part of it (the unit tests
+    alone never start a server) only reports."""
     env = {**(env or {}), "COVERAGE_FILE": os.path.join(session.create_tmp(), ".coverage")}
     session.run("coverage", "erase", env=env)
     session.run("coverage", "run", "-m", "pytest", *args, *session.posargs, env=env)
     session.run("coverage", "combine", "--quiet", env=env)
-    session.run("coverage", "report", env=env)
+    whole = args == ("tests",) and not session.posargs
+    session.run("coverage", "report", *(() if whole else ("--fail-under=0",)), env=env)
 
 
 @nox.session(python=PYTHONS)
