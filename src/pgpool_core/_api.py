@@ -29,10 +29,12 @@ from ._session import (
 )
 from ._sessions import Session
 from ._statements import Deadline, check_timeout
+from ._streams import DEFAULT_BATCH, RowStream
 from .errors import PoolError, PoolUnavailableError, QueryParameterError
 
 if TYPE_CHECKING:
     from ._checkout import Checkout, NotStarted
+    from ._config import PoolSettings
     from ._manager import PoolManager
     from ._members import ReaderSet
     from ._metrics import Recorder
@@ -66,6 +68,7 @@ class QueryApi:
         _metrics: Recorder
         _readers: ReaderSet[PoolManager] | None
         _retry: RetryPolicy
+        settings: PoolSettings
         _run_once: Callable[..., Awaitable[QueryResult]]
         _sleep: Callable[[float], Awaitable[None]]
         _tools: SessionTools
@@ -204,6 +207,40 @@ class QueryApi:
             on_duration=on_duration,
             callproc=True,
             idempotent=idempotent,
+        )
+
+    def stream(
+        self,
+        sql: str,
+        params: Any = None,
+        *,
+        batch: int = DEFAULT_BATCH,
+        metric_name: str = "",
+        timeout: float | None = None,
+        read_only: bool = False,
+        writer: bool = False,
+    ) -> RowStream:
+        """The rows of a query too big for memory: ``async for row in pool.stream(sql)``.
+
+        A server-side cursor in a transaction of its own (``BEGIN`` / ``DECLARE ... NO
+        SCROLL CURSOR`` / ``FETCH FORWARD batch`` ... / ``COMMIT``), so the client holds one
+        batch at a time. ``timeout`` (default ``query_timeout``) bounds each statement,
+        not the whole stream; a consumer may take its time between batches. Leaving the
+        loop early rolls the transaction back and releases the connection (see
+        :class:`RowStream`). ``read_only`` and ``writer`` route it as :meth:`execute`.
+
+        .. versionadded:: 0.3
+        """
+        per_statement = check_timeout(timeout)
+        pool = self._pool()
+        return RowStream(
+            lambda: pool.transaction(per_statement, read_only=read_only, writer=writer),
+            None,
+            sql,
+            params,
+            batch=batch,
+            metric_name=metric_name,
+            renew=per_statement or pool.settings.query_timeout,
         )
 
     async def run_transaction(

@@ -23,6 +23,7 @@ from ._redact import first_line
 from ._result import QueryResult
 from ._returns import Canceller
 from ._statements import Deadline, SessionStateWarnings, StatementRunner, check_timeout
+from ._streams import DEFAULT_BATCH, RowStream
 from ._transaction import BEGIN_WITH_XID, Committer, XidMark, refuse_commit
 from .errors import (
     CommitUnknownError,
@@ -310,6 +311,35 @@ class PostgresConnector:
         timeout: float | None = None,
     ) -> QueryResult:
         return await self._call(sql, parameters, metric_name, timeout, callproc=False)
+
+    def stream(
+        self,
+        sql: str,
+        parameters: Any = None,
+        metric_name: str = "",
+        *,
+        batch: int = DEFAULT_BATCH,
+    ) -> RowStream:
+        """The rows of ``sql`` through a server-side cursor, ``batch`` per round trip
+        (``async for row in connector.stream(...)``); in this connector's transaction,
+        or in one of its own (committed once every row is read, rolled back if left
+        early). Bounded by the connector's deadline. See :class:`RowStream`.
+
+        .. versionadded:: 0.3
+        """
+        return RowStream(
+            None, self, sql, parameters, batch=batch, metric_name=metric_name, renew=None
+        )
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a :meth:`transaction` block of this connector is open."""
+        return self._in_transaction
+
+    def _renew_deadline(self, seconds: float) -> None:
+        """A new deadline ``seconds`` from now (a stream the pool opened bounds each of its
+        statements, not the whole stream)."""
+        self._deadline = Deadline.after(self._tools.clock(), seconds)
 
     async def callproc(
         self,
