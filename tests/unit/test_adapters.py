@@ -305,6 +305,18 @@ class RetryHandler(Handler):
         self.write({"done": await self.postgres_run_transaction(work, retries=1)})
 
 
+class StreamHandler(Handler):
+    """Rows through a server-side cursor (postgres_stream), read from a reader by default."""
+
+    postgres_read_only = True
+
+    async def get(self) -> None:
+        total = 0
+        async for row in self.postgres_stream("SELECT n FROM big", batch=2):
+            total += row["n"]
+        self.write({"total": total})
+
+
 ROUTES: list[Any] = [
     (r"/run/(\w+)", RunHandler),
     (r"/error-writer/run/(\w+)", ErrorWriterRunHandler),
@@ -325,6 +337,7 @@ ROUTES: list[Any] = [
     (r"/status", StatusRequestHandler),
     (r"/reads", ReadsHandler),
     (r"/retry", RetryHandler),
+    (r"/stream", StreamHandler),
 ]
 
 
@@ -1334,3 +1347,37 @@ async def test_run_transaction_conflicts_to_the_end_answer_409(serve: Serve) -> 
     assert response.code == 409
     assert s.statements().count("UPDATE counters SET n = n + 1") == 2  # retries=1
     assert "COMMIT" not in s.statements()
+
+
+# -- streaming ----------------------------------------------------------------------------------
+
+
+async def test_postgres_stream_reads_every_batch_in_one_transaction(serve: Serve) -> None:
+    s = await serve()
+    batches = [[{"n": 1}, {"n": 2}], [{"n": 3}]]
+    real = s.fake.script_for
+
+    def fetches(sql: str) -> Any:
+        from pgpool_core.testing import Script
+
+        if sql.startswith("FETCH FORWARD 2 FROM"):
+            rows = batches.pop(0) if batches else []
+            return Script("FETCH", rows=rows, row_count=len(rows))
+        return real(sql)
+
+    s.fake.script_for = fetches  # type: ignore[method-assign]
+    response = await s("/stream")
+    assert response.code == 200
+    assert json.loads(response.body) == {"total": 6}
+    statements = s.statements()
+    assert statements[0] == "BEGIN READ ONLY"  # the handler reads: a read-only transaction
+    assert statements[-1] == "COMMIT"
+    assert sum(sql.startswith("FETCH") for sql in statements) == 2
+
+
+async def test_postgres_stream_failure_is_the_http_answer(serve: Serve) -> None:
+    s = await serve()
+    s.fake.on("^DECLARE", error=psycopg2.errors.UndefinedTable("relation big does not exist"))
+    response = await s("/stream")
+    assert response.code == 500
+    assert s.statements()[-1] == "ROLLBACK"

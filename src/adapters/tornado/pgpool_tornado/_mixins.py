@@ -39,6 +39,7 @@ from pgpool_core import (
     sqlstate,
 )
 from pgpool_core._session import apply_on_error
+from pgpool_core._streams import DEFAULT_BATCH
 
 T = TypeVar("T")
 
@@ -476,6 +477,44 @@ class RequestHandlerMixin:
             read_only=reads,
             writer=writer,
         )
+
+    async def postgres_stream(
+        self,
+        sql: str,
+        parameters: QueryParameters = None,
+        metric_name: str = "",
+        *,
+        batch: int = DEFAULT_BATCH,
+        timeout: Timeout = None,
+        read_only: bool | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """``async for row in self.postgres_stream(sql)``: the rows of a query too big for
+        memory, through a server-side cursor (see :meth:`pgpool_core.PoolManager.stream`),
+        routed like :meth:`postgres_execute`. A failure goes to :meth:`on_postgres_error`
+        (under ``metric_name``, or ``postgres_stream``); if that swallows it, the rows end
+        there."""
+        reads, writer = self._postgres_route(read_only)
+        pool: PoolManager | None = self.application.postgres_pool
+        name = metric_name or "postgres_stream"
+        if pool is None:
+            error = PoolClosedError("the PostgreSQL pool is not started")
+            apply_on_error(self.on_postgres_error, "postgres_connector", error)
+            return
+        stream = pool.stream(
+            sql,
+            parameters,
+            batch=batch,
+            metric_name=metric_name,
+            timeout=timeout,
+            read_only=reads,
+            writer=writer,
+        )
+        try:
+            async with stream as rows:
+                async for row in rows:
+                    yield row
+        except (psycopg2.Error, PoolError) as exc:
+            apply_on_error(self.on_postgres_error, name, exc)
 
     async def postgres_run_transaction(
         self,
