@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._bag import Slot
@@ -253,6 +253,7 @@ class QueryApi:
         writer: bool = False,
         resolve_commit: bool | None = None,
         on_duration: OnDuration | None = None,
+        settings: Mapping[str, object] | None = None,
     ) -> T:
         """``await fn(tx)`` in a :meth:`transaction`, run again (up to ``retries`` more
         times, with the reconnect backoff between) when the server rolled it back for a
@@ -279,6 +280,7 @@ class QueryApi:
                     on_duration=on_duration,
                     read_only=read_only,
                     writer=writer,
+                    settings=settings,
                 ) as tx:
                     return await fn(tx)
             except Exception as exc:
@@ -310,6 +312,7 @@ class QueryApi:
         checkout_failed: Callable[[PoolError], None] | None = None,
         read_only: bool = False,
         writer: bool = False,
+        settings: Mapping[str, object] | None = None,
     ) -> ConnectorBlock:
         """``BEGIN`` ... ``COMMIT`` on one connection; ``ROLLBACK`` if the block raises
         (an async context manager giving a :class:`PostgresConnector`). ``read_only=True``:
@@ -319,6 +322,8 @@ class QueryApi:
         ``timeout`` bounds the whole transaction, from waiting for the connection to COMMIT.
         Leaving the block without an error commits, and returns only if the server
         committed: see :meth:`PostgresConnector.transaction` for what each error means.
+        ``settings`` hold for this transaction only (see
+        :meth:`PostgresConnector.transaction`).
         ``resolve_commit`` overrides the ``resolve_commits`` setting for this transaction;
         ``on_error``, ``on_duration`` and ``checkout_failed`` are :meth:`connector`'s.
         """
@@ -330,6 +335,7 @@ class QueryApi:
             writer,
             transaction=True,
             resolve_commit=resolve_commit,
+            settings=settings,
             checkout_failed=checkout_failed,
         )
 

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -58,7 +58,23 @@ _KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "read_url": (("postgres_read_url",), ("POSTGRES_READ_URL",)),
     "max_replica_lag": (("postgres_max_replica_lag",), ("POSTGRES_MAX_REPLICA_LAG",)),
     "read_fallback": (("postgres_read_fallback",), ("POSTGRES_READ_FALLBACK",)),
+    "reset": (("postgres_reset",), ("POSTGRES_RESET",)),
 }
+
+#: ``reset`` policies by name (else a callable).
+RESET_POLICIES = ("none", "rollback", "discard")
+
+#: What a returned connection runs with ``reset="discard"``: ``DISCARD ALL``; behind
+#: PgBouncer, everything ``DISCARD ALL`` does but ``DEALLOCATE ALL`` (PgBouncer tracks
+#: the prepared statements of its server connections itself).
+DISCARD_ALL = "DISCARD ALL"
+DISCARD_PGBOUNCER = (
+    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *;"
+    " SELECT pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES"
+)
+
+#: A ``reset`` callable: ``await reset(connector)`` on a returned connection, before reuse.
+ResetHook = Callable[[Any], Awaitable[object]]
 
 _MAPPING_KEYS = frozenset(key for keys, _ in _KEYS.values() for key in keys)
 _ENV_NAMES = frozenset(name for _, names in _KEYS.values() for name in names)
@@ -133,6 +149,17 @@ def _parse_urls(key: str, source: str, value: Any) -> tuple[str, ...]:
     )
 
 
+def _parse_reset(source: str, value: Any) -> str | ResetHook:
+    if callable(value):
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, str) and value.strip().lower() in RESET_POLICIES:
+        return value.strip().lower()
+    raise SettingsError(
+        f"reset from {source}: expected one of {', '.join(RESET_POLICIES)} or an async"
+        f" callable, got {value!r}"
+    )
+
+
 def _parse_str(key: str, source: str, value: Any) -> str:
     if not isinstance(value, str):
         raise SettingsError(f"{key} from {source}: expected a string, got {type(value).__name__}")
@@ -180,6 +207,13 @@ class PoolSettings:
         everything goes to ``url``. *New in 0.3.*
     :param max_replica_lag: a reader whose replay lag exceeds this many seconds gets no
         reads until it catches up; 0 = no bound (default 0). *New in 0.3.*
+    :param reset: what a returned connection goes through before its next borrower gets
+        it, in the background: ``"rollback"`` (default: an open transaction is rolled back),
+        ``"none"`` (nothing is sent; a connection returned in a transaction is closed),
+        ``"discard"`` (``DISCARD ALL``: session settings, temp tables, advisory locks,
+        LISTENs, prepared plans; PgBouncer-safe without ``DEALLOCATE ALL`` when
+        ``pgbouncer``), or ``async def reset(connector)`` run on it. A connection whose
+        reset fails is closed, never handed out. *New in 0.3.*
     :param read_fallback: when no reader is fit (down, lagging, promoted, none configured),
         reads go to ``url``; False raises :class:`~pgpool_core.PoolUnavailableError`
         naming why instead (default True). *New in 0.3.*
@@ -208,6 +242,7 @@ class PoolSettings:
     read_url: tuple[str, ...] = field(default=(), repr=False)
     max_replica_lag: float = 0.0
     read_fallback: bool = True
+    reset: str | ResetHook = "rollback"
 
     def __post_init__(self) -> None:
         # Coerce and validate explicit values with the same rules as the other sources.
@@ -281,6 +316,8 @@ class PoolSettings:
         data = dataclasses.asdict(self)
         data["url"] = self.redacted_url
         data["read_url"] = [redact_dsn(url) for url in self.read_url]
+        if not isinstance(self.reset, str):
+            data["reset"] = getattr(self.reset, "__qualname__", type(self.reset).__name__)
         return data
 
     @classmethod
@@ -354,6 +391,7 @@ class PoolOptions(TypedDict, total=False):
     read_url: str | tuple[str, ...] | list[str]
     max_replica_lag: float
     read_fallback: bool
+    reset: str | ResetHook
 
 
 def _warn_unknown(
@@ -406,6 +444,8 @@ def _coerce(name: str, source: str, value: Any) -> Any:
         return None
     if name == "read_url":
         return _parse_urls(name, source, value)
+    if name == "reset":
+        return _parse_reset(source, value)
     return _parse_str(name, source, value)
 
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 from ._api import QueryApi
 from ._bag import Bag, Slot
 from ._checkout import Checkout, NotStarted
-from ._config import PoolOptions, PoolSettings
+from ._config import DISCARD_ALL, DISCARD_PGBOUNCER, PoolOptions, PoolSettings
 from ._connector import AiopgConnector, Connector, TxStatus, UrlSource
 from ._leaks import NoLeakDetector, leak_detector
 from ._members import ReaderSet
@@ -59,6 +59,7 @@ from ._session import (
     run_once,
 )
 from ._state import PoolState, transition
+from ._statements import Deadline
 from ._stopping import OwnedTasks, Shutdown
 from .errors import (
     ConfigurationError,
@@ -143,6 +144,8 @@ class PoolManager(QueryApi):
         )
         self._metrics = Recorder(self)
         self._health = Health(self._now)
+        #: Every returned connection goes through a reset round trip before reuse.
+        self._reset_each = settings.reset not in ("none", "rollback")
         #: ``writer``, or ``reader`` for the pools of :attr:`readers`.
         self.role = "writer"
         #: Where the pool connects (``host:port`` of each host libpq tries), for metrics.
@@ -548,7 +551,10 @@ class PoolManager(QueryApi):
             return
         conn = slot.conn
         status = conn.transaction_status()
-        if needs_restore(slot, status, roll_back=not bad and self._state.serving):
+        serving = not bad and self._state.serving
+        if (serving and self._reset_each) or needs_restore(
+            slot, status, roll_back=serving and self.settings.reset != "none"
+        ):
             self._bag.begin_return()
             self._tasks.restore(self._restore_then_release(slot, bad=bad))
             return
@@ -566,6 +572,8 @@ class PoolManager(QueryApi):
                 canceller=self._canceller,
                 rollback=None if bad or not self._state.serving else self._committer.rollback,
             )
+            if restored and not bad and self._reset_each and self._state.serving:
+                restored = await self._reset(slot)
         finally:  # also when stop() cancels this task: never leave the slot behind
             self._bag.end_return()
             if not restored:
@@ -575,6 +583,31 @@ class PoolManager(QueryApi):
             self._retire_or_reuse(
                 slot, now, bad=bad or not restored, status=slot.conn.transaction_status()
             )
+
+    async def _reset(self, slot: Slot) -> bool:
+        """The ``reset`` policy's round trip on a returned connection (bounded by
+        ``cancel_timeout``); True when it left the connection idle and healthy."""
+        settings = self.settings
+        deadline = Deadline.after(self._now(), settings.cancel_timeout)
+        try:
+            if settings.reset == "discard":
+                sql = DISCARD_PGBOUNCER if settings.pgbouncer else DISCARD_ALL
+                await self._runner.run(slot, sql, None, deadline)
+            elif callable(settings.reset):
+                connector = PostgresConnector(slot, deadline, self._tools)
+                try:
+                    await settings.reset(connector)
+                finally:
+                    connector.end()
+        except Exception as exc:
+            LOGGER.warning(
+                "pool %s: resetting a returned connection failed (%s); closing it",
+                self.name,
+                self._opener.describe(exc),
+            )
+            return False
+        conn = slot.conn
+        return not conn.closed and not conn.is_busy() and conn.transaction_status() is TxStatus.IDLE
 
     def _retire_or_reuse(self, slot: Slot, now: float, *, bad: bool, status: TxStatus) -> None:
         conn = slot.conn

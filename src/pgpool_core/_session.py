@@ -8,7 +8,7 @@ import contextlib
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ from .errors import (
     CommitUnknownError,
     PoolClosedError,
     PoolError,
+    QueryParameterError,
     QueryTimeoutError,
     TransactionRolledBackError,
     TransactionUsageError,
@@ -200,6 +201,37 @@ class SessionTools:
             pool_name=pool_name,
         )
         return cls(clock, runner, committer, recorder, settings.resolve_commits)
+
+
+def local_settings(settings: Mapping[str, object] | None) -> tuple[tuple[str, str], ...]:
+    """``transaction(settings=...)`` as (name, value) text pairs, checked before anything
+    is sent: names are non-empty strings, values strings, numbers or booleans (on/off).
+
+    :raises QueryParameterError: naming the setting and the bad value.
+    """
+    if settings is None:
+        return ()
+    if not isinstance(settings, Mapping):
+        raise QueryParameterError(
+            f"settings: expected a mapping of names to values, got {type(settings).__name__}"
+        )
+    pairs: list[tuple[str, str]] = []
+    for name, value in settings.items():
+        if not isinstance(name, str) or not name.strip() or "\x00" in name:
+            raise QueryParameterError(f"settings: bad setting name {name!r}")
+        if isinstance(value, bool):
+            text = "on" if value else "off"
+        elif isinstance(value, (str, int, float)):
+            text = str(value)
+        else:
+            raise QueryParameterError(
+                f"settings[{name!r}]: expected a string, number or boolean, got"
+                f" {type(value).__name__}"
+            )
+        if "\x00" in text:
+            raise QueryParameterError(f"settings[{name!r}]: contains a NUL character")
+        pairs.append((name, text))
+    return tuple(pairs)
 
 
 def _one_statement(sql: str) -> bool:
@@ -488,7 +520,11 @@ class PostgresConnector:
             self._ended_by = conn.status_message()
 
     def transaction(
-        self, *, resolve_commit: bool | None = None, read_only: bool = False
+        self,
+        *,
+        resolve_commit: bool | None = None,
+        read_only: bool = False,
+        settings: Mapping[str, object] | None = None,
     ) -> TransactionBlock:
         """``BEGIN`` on this connection; ``COMMIT`` when the block ends without an error,
         ``ROLLBACK`` when it raises. What leaving the block reports is what the server did:
@@ -509,15 +545,22 @@ class PostgresConnector:
         reports it, or re-raises the cancellation (logging the outcome at DEBUG).
 
         ``read_only=True`` begins with ``BEGIN READ ONLY`` (the server refuses writes in it)
-        and resolves no commit (it commits nothing).
+        and resolves no commit (it commits nothing). ``settings`` (``{"statement_timeout":
+        "2s", "app.tenant_id": "42"}``) hold for this transaction only
+        (``set_config(name, value, true)``, values bound as parameters), sent in the same
+        round trip as ``BEGIN``: the safe way to carry a tenant or row-level-security
+        context, PgBouncer's transaction pooling included.
 
         With ``on_error`` hooks, these errors go to the hook as ``postgres_transaction``;
         the exception it returns is raised, but None cannot swallow an outcome.
         """
-        return TransactionBlock(self, resolve_commit, read_only)
+        return TransactionBlock(self, resolve_commit, read_only, local_settings(settings))
 
     async def _open_transaction(
-        self, resolve_commit: bool | None, read_only: bool = False
+        self,
+        resolve_commit: bool | None,
+        read_only: bool = False,
+        settings: tuple[tuple[str, str], ...] = (),
     ) -> XidMark | None:
         """The start of a transaction block: BEGIN pending (sent with the first statement),
         or sent now: to read the transaction id (resolving commits), or because a cursor
@@ -546,6 +589,9 @@ class PostgresConnector:
         self._in_transaction, self._failure, self._ended_by = True, None, None
         self._doomed = None
         self._slot.read_only_tx = read_only
+        if settings:  # the block's first statement: with BEGIN, in one round trip
+            sql = "SELECT " + ", ".join("set_config(%s, %s, true)" for _ in settings)
+            await self._call(sql, [v for pair in settings for v in pair], "", None, callproc=False)
         return xid
 
     async def _close_transaction(self, exc: BaseException | None, xid: XidMark | None) -> None:
@@ -630,18 +676,25 @@ class TransactionBlock:
     A plain class rather than ``@asynccontextmanager``: a transaction is entered on every
     write, and a generator-based context manager costs several microseconds per layer."""
 
-    __slots__ = ("_connector", "_read_only", "_resolve", "_xid")
+    __slots__ = ("_connector", "_read_only", "_resolve", "_settings", "_xid")
 
     def __init__(
-        self, connector: PostgresConnector, resolve_commit: bool | None, read_only: bool = False
+        self,
+        connector: PostgresConnector,
+        resolve_commit: bool | None,
+        read_only: bool = False,
+        settings: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self._connector = connector
         self._resolve = resolve_commit
         self._read_only = read_only
+        self._settings = settings
         self._xid: XidMark | None = None
 
     async def __aenter__(self) -> PostgresConnector:
-        self._xid = await self._connector._open_transaction(self._resolve, self._read_only)
+        self._xid = await self._connector._open_transaction(
+            self._resolve, self._read_only, self._settings
+        )
         return self._connector
 
     async def __aexit__(self, _type: object, exc: BaseException | None, _tb: object) -> None:
@@ -665,6 +718,7 @@ class ConnectorBlock:
         "_read_only",
         "_release",
         "_resolve",
+        "_settings",
         "_slot",
         "_take_for",
         "_timeout",
@@ -682,6 +736,7 @@ class ConnectorBlock:
         transaction: bool = False,
         resolve_commit: bool | None = None,
         read_only: bool = False,
+        settings: Mapping[str, object] | None = None,
         checkout_failed: Callable[[PoolError], None] | None = None,
     ) -> None:
         self._take_for = take_for
@@ -691,6 +746,7 @@ class ConnectorBlock:
         self._transaction = transaction
         self._resolve = resolve_commit
         self._read_only = read_only
+        self._settings = settings
         self._checkout_failed = checkout_failed
         self._slot: Slot | None = None
         self._connector: PostgresConnector | None = None
@@ -702,6 +758,8 @@ class ConnectorBlock:
                 "this connector block was already entered: each `async with` needs its own"
                 " pool.connector() / pool.transaction(); nothing was checked out"
             )
+        if self._settings is not None:
+            local_settings(self._settings)  # bad settings: refused before checking out
         try:
             slot, deadline = await self._take_for(check_timeout(self._timeout))
         except PoolError as exc:
@@ -713,7 +771,7 @@ class ConnectorBlock:
         connector = self._connector = self._make(slot, deadline)
         if self._transaction:
             self._tx = connector.transaction(
-                resolve_commit=self._resolve, read_only=self._read_only
+                resolve_commit=self._resolve, read_only=self._read_only, settings=self._settings
             )
             try:
                 await self._tx.__aenter__()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +125,11 @@ def test_pytest_plugin_is_the_plugin_module() -> None:
     assert entry.value == "pgpool_core.testing._plugin"
     assert entry.load() is plugin
     assert callable(plugin.pytest_configure)
+
+
+def test_test_modules_have_unique_names() -> None:
+    """pytest imports test modules by basename (no packages): two test_x.py files in
+    different directories break collection of the whole suite."""
+    root = Path(__file__).resolve().parents[1]
+    names = [path.name for path in root.rglob("test_*.py")]
+    assert sorted(names) == sorted(set(names)), sorted(n for n in set(names) if names.count(n) > 1)

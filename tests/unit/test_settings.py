@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 
 import pytest
 
@@ -36,6 +37,7 @@ URL = "postgresql://app@db:5432/main"
         ("read_url", ()),
         ("max_replica_lag", 0.0),
         ("read_fallback", True),
+        ("reset", "rollback"),
     ],
 )
 def test_every_default(name: str, default: object) -> None:
@@ -47,7 +49,7 @@ def test_every_default(name: str, default: object) -> None:
 
 def test_no_field_is_left_without_a_default_test() -> None:
     """The parametrized default test above covers every field."""
-    assert len(dataclasses.fields(PoolSettings)) == 21
+    assert len(dataclasses.fields(PoolSettings)) == 22
 
 
 def test_sprockets_postgres_keys_map_to_fields() -> None:
@@ -273,3 +275,38 @@ def test_misspelt_option_is_a_type_error() -> None:
 
     with pytest.raises(TypeError, match="max_sise"):
         PoolManager("postgresql://db/x", max_sise=5)  # type: ignore[call-arg]
+
+
+def test_reset_policy_by_name_or_callable_and_refused_otherwise() -> None:
+    async def mine(connector: object) -> None:
+        pass
+
+    assert PoolSettings(reset=" Discard ").reset == "discard"
+    assert PoolSettings.from_env({"POSTGRES_RESET": "none"}).reset == "none"
+    assert PoolSettings(reset=mine).reset is mine
+    assert PoolSettings(reset=mine).as_dict()["reset"].endswith("mine")
+    with pytest.raises(
+        SettingsError,
+        match=r"reset from environment POSTGRES_RESET: expected one of none, rollback, discard",
+    ):
+        PoolSettings.from_env({"POSTGRES_RESET": "truncate"})
+
+
+def test_transaction_settings_are_checked_before_anything_is_sent() -> None:
+    from pgpool_core import QueryParameterError
+    from pgpool_core._session import local_settings
+
+    assert local_settings({"app.x": 1, "b": True, "c": "v", "d": 1.5}) == (
+        ("app.x", "1"),
+        ("b", "on"),
+        ("c", "v"),
+        ("d", "1.5"),
+    )
+    for bad, message in (
+        ({"": "x"}, "bad setting name"),
+        ({"a": None}, "settings['a']: expected a string, number or boolean, got NoneType"),
+        ({"a": "x\x00"}, "NUL"),
+        (["a"], "expected a mapping"),
+    ):
+        with pytest.raises(QueryParameterError, match=re.escape(message)):
+            local_settings(bad)  # type: ignore[arg-type]

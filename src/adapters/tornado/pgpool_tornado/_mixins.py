@@ -302,13 +302,15 @@ def _member(status: PoolStatus) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def _transaction_on(
-    connector_block: AbstractAsyncContextManager[PostgresConnector | None], read_only: bool
+    connector_block: AbstractAsyncContextManager[PostgresConnector | None],
+    read_only: bool,
+    settings: Mapping[str, object] | None,
 ) -> AsyncIterator[PostgresConnector]:
     """A transaction on the connector of an overridden ``postgres_connector``."""
     async with connector_block as connector:
         if connector is None:
             raise PoolClosedError("no database connection for the transaction")
-        async with connector.transaction(read_only=read_only):
+        async with connector.transaction(read_only=read_only, settings=settings):
             yield connector
 
 
@@ -442,14 +444,19 @@ class RequestHandlerMixin:
         return None if swallowed else result
 
     def postgres_transaction(
-        self, timeout: Timeout = None, *, read_only: bool | None = None
+        self,
+        timeout: Timeout = None,
+        *,
+        read_only: bool | None = None,
+        settings: Mapping[str, object] | None = None,
     ) -> AbstractAsyncContextManager[PostgresConnector]:
         """``BEGIN`` ... ``COMMIT`` on one connection; ``ROLLBACK`` on any error (an async
         context manager giving a :class:`~pgpool_core.PostgresConnector`).
 
         ``timeout`` bounds the whole transaction, waiting for the connection included.
         ``read_only=True`` (default: :attr:`postgres_read_only`): ``BEGIN READ ONLY``, on
-        a reader when one is fit and this request has not written.
+        a reader when one is fit and this request has not written. ``settings`` hold for
+        this transaction only (``SET LOCAL``, values bound: e.g. a tenant id for RLS).
         """
         reads, writer = self._postgres_route(read_only)
 
@@ -465,6 +472,7 @@ class RequestHandlerMixin:
                     self.on_postgres_error, self.on_postgres_timing, timeout
                 ),
                 reads,
+                settings,
             )
         pool: PoolManager | None = application.postgres_pool
         if pool is None:
@@ -476,6 +484,7 @@ class RequestHandlerMixin:
             checkout_failed=checkout_failed,
             read_only=reads,
             writer=writer,
+            settings=settings,
         )
 
     async def postgres_stream(
@@ -523,6 +532,7 @@ class RequestHandlerMixin:
         retries: int = 3,
         timeout: Timeout = None,
         read_only: bool | None = None,
+        settings: Mapping[str, object] | None = None,
     ) -> T:
         """``await fn(tx)`` in a transaction, run again on a serialization failure or a
         deadlock (see :meth:`pgpool_core.PoolManager.run_transaction`). The final failure
@@ -540,6 +550,7 @@ class RequestHandlerMixin:
                 read_only=reads,
                 writer=writer,
                 on_duration=self.on_postgres_timing,
+                settings=settings,
             )
         except PoolClosedError as exc:
             apply_on_error(self.on_postgres_error, "postgres_connector", exc)
