@@ -8,6 +8,7 @@ from __future__ import annotations
 from ._classify import ErrorKind, classify, sqlstate
 from ._config import PoolOptions, PoolSettings, redact_dsn
 from ._connector import AiopgConnector, Connector, DriverConnection, TxStatus, UrlSource
+from ._listener import Listener, Notification, NotificationsMissed
 from ._manager import OnDuration, OnError, PoolManager, PostgresConnector
 from ._metrics import PoolObserver, PoolStatus
 from ._result import QueryResult
@@ -15,6 +16,7 @@ from ._retry import RetryPolicy
 from ._sessions import Session
 from ._srv import SrvRecord, SrvResolver
 from ._state import PoolState
+from ._streams import RowStream
 from .errors import (
     CommitUnknownError,
     ConfigurationError,
@@ -42,6 +44,9 @@ __all__ = [
     "Connector",
     "DriverConnection",
     "ErrorKind",
+    "Listener",
+    "Notification",
+    "NotificationsMissed",
     "OnDuration",
     "OnError",
     "PoolClosedError",
@@ -60,6 +65,7 @@ __all__ = [
     "QueryResultError",
     "QueryTimeoutError",
     "RetryPolicy",
+    "RowStream",
     "Session",
     "SettingsError",
     "SrvRecord",

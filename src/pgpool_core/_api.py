@@ -15,6 +15,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._bag import Slot
 from ._classify import ErrorKind, classify
+from ._listener import (
+    Listener,
+    Notification,
+    NotificationsMissed,
+    listener_connect,
+    validate_channel,
+)
 from ._redact import first_line
 from ._result import QueryResult
 from ._routing import WRITER_LSN_SQL, parse_lsn
@@ -30,7 +37,7 @@ from ._session import (
 from ._sessions import Session
 from ._statements import Deadline, check_timeout
 from ._streams import DEFAULT_BATCH, RowStream
-from .errors import PoolError, PoolUnavailableError, QueryParameterError
+from .errors import PoolClosedError, PoolError, PoolUnavailableError, QueryParameterError
 
 if TYPE_CHECKING:
     from ._checkout import Checkout, NotStarted
@@ -242,6 +249,56 @@ class QueryApi:
             metric_name=metric_name,
             renew=per_statement or pool.settings.query_timeout,
         )
+
+    async def listen(
+        self,
+        *channels: str,
+        on_notify: Callable[[Notification], object] | None = None,
+        on_missed: Callable[[NotificationsMissed], object] | None = None,
+        check_interval: float = 5.0,
+    ) -> Listener:
+        """A started :class:`Listener` on ``channels``: ``async for event in listener``
+        gets each :class:`Notification`, and one :class:`NotificationsMissed` after each
+        outage (re-sync then); or give callbacks. It has a connection of its own, outside
+        the pool's ``max_size``, reconnects with the pool's backoff and LISTENs again after
+        an outage, checks an idle connection every ``check_interval`` seconds, and is
+        closed by :meth:`stop` (or its own ``close()``).
+
+        Behind PgBouncer, LISTEN works in session pooling mode only.
+
+        .. versionadded:: 0.3
+        """
+        pool = self._pool()
+        if not pool.state.serving:
+            raise PoolClosedError(f"pool {self.name} is {pool.state.value}: start it first")
+        if pool.settings.pgbouncer and not pool._warned_listen:
+            pool._warned_listen = True
+            LOGGER.warning(
+                "pool %s: LISTEN through PgBouncer works in session pooling mode only;"
+                " in transaction mode notifications are lost",
+                self.name,
+            )
+        assert pool._connector is not None  # set by start()
+        listener = Listener(
+            listener_connect(pool._connector),
+            channels,
+            retry=pool._retry,
+            connect_timeout=pool.settings.connect_timeout,
+            check_interval=check_interval,
+            on_notify=on_notify,
+            on_missed=on_missed,
+            name=self.name,
+            sleep=pool._sleep,
+            describe=pool._opener.describe,
+        )
+        await listener.start()
+        pool._listeners.add(listener)
+        return listener
+
+    async def notify(self, channel: str, payload: str = "") -> None:
+        """``pg_notify(channel, payload)``, both bound as parameters (a notification is
+        delivered when the sending transaction commits: here, at once)."""
+        await self.execute("SELECT pg_notify(%s, %s)", [validate_channel(channel), payload])
 
     async def run_transaction(
         self,

@@ -22,7 +22,7 @@ import select
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import aiopg
 import psycopg2
@@ -40,6 +40,8 @@ __all__ = [
     "Connector",
     "DriverConnection",
     "KeptFuture",
+    "ListenerConnection",
+    "RawNotification",
     "TxStatus",
     "UrlSource",
 ]
@@ -120,6 +122,61 @@ class DriverConnection(Protocol):
         """Close at once (no round trip)."""
 
 
+RawNotification: TypeAlias = "tuple[int, str, str]"
+"""One ``NOTIFY`` as the server delivered it: (sender's backend pid, channel, payload)."""
+
+
+@runtime_checkable
+class ListenerConnection(Protocol):
+    """A connection held open for ``LISTEN``: statements as on :class:`DriverConnection`,
+    plus what the server pushes on its own (notifications, the end of the session).
+
+    Delivery is event-driven: the driver's reader callback, which already runs whenever
+    the socket turns readable, queues the notifications it parses and calls the wakeup
+    callback; nothing polls. :class:`AiopgConnection` and the test fake implement it.
+    """
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def backend_pid(self) -> int:
+        """The server process serving this connection (``pg_stat_activity.pid``)."""
+
+    def send(
+        self, sql: str, params: Any, *, callproc: bool = False, keep: bool = False
+    ) -> asyncio.Future[None]:
+        """As :meth:`DriverConnection.send`."""
+
+    def is_busy(self) -> bool:
+        """Whether a sent statement is still running on the server."""
+
+    def set_wakeup(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` (on the loop, from the reader) each time the server sent
+        something: notifications may be ready, or the connection may have ended. Spurious
+        calls are allowed. Set it while no statement runs."""
+
+    def take_notifications(self) -> list[RawNotification]:
+        """Every notification received and not yet taken, oldest first; no I/O. Still
+        answers after the connection closed (what arrived before the end)."""
+
+    def failure(self) -> BaseException | None:
+        """Why the connection ended: the server's ``FATAL`` message when it sent one
+        (``terminating connection due to administrator command``), else the driver's
+        error; None while open."""
+
+    def enable_keepalives(self, idle: int, interval: int, count: int) -> None:
+        """TCP keepalives on the socket, as libpq's ``keepalives=1``, ``keepalives_idle``,
+        ``keepalives_interval`` and ``keepalives_count`` set them (seconds, probes): the
+        kernel ends a connection whose peer stopped answering. No-op for a Unix socket.
+
+        :raises OSError: the socket refused an option.
+        """
+
+    def close(self) -> None:
+        """Close at once (no round trip)."""
+
+
 class KeptFuture(asyncio.Future[None]):
     """A statement's future that refuses ``cancel()``. A task awaiting it that gets
     cancelled is woken, with ``CancelledError``, only once the statement has answered, and
@@ -179,6 +236,14 @@ def _drive(weak_conn: Any) -> None:
         for remove in (conn._loop.remove_reader, conn._loop.remove_writer):
             with contextlib.suppress(OSError, ValueError, RuntimeError):
                 remove(fileno)
+
+
+def _drive_and_wake(wake: Callable[[], None], weak_conn: Any) -> None:
+    """:func:`_drive`, then ``wake()``: a listener connection's reader. aiopg's ``_ready``
+    moved any notifications psycopg2 parsed into the connection's queue (or closed that
+    queue with the error that ended the connection)."""
+    _drive(weak_conn)
+    wake()
 
 
 def _take_reader(conn: aiopg.Connection) -> None:
@@ -316,6 +381,70 @@ class AiopgConnection:
         if standby is None and read_only is None:
             return None
         return "on" in (standby, read_only)
+
+    # -- ListenerConnection: notifications -------------------------------------------------
+
+    @property
+    def backend_pid(self) -> int:
+        return int(self._raw.info.backend_pid)
+
+    def set_wakeup(self, callback: Callable[[], None] | None) -> None:
+        conn = self._conn
+        drive: Callable[[Any], None] = (
+            _drive if callback is None else functools.partial(_drive_and_wake, callback)
+        )
+        # aiopg looks its writer and first poll up on the instance; the reader is
+        # re-registered in place (add_reader replaces the callback of a registered fd).
+        conn._ready = drive  # type: ignore[method-assign,assignment]
+        fileno = conn._fileno
+        if fileno is not None and not self._raw.closed:
+            conn._loop.add_reader(fileno, drive, conn._weakref)
+
+    def take_notifications(self) -> list[RawNotification]:
+        taken: list[RawNotification] = []
+        queue = self._conn._notifies  # filled by aiopg's _ready, oldest first
+        while not queue.empty():
+            notify = queue.get_nowait()
+            taken.append((int(notify.pid), str(notify.channel), str(notify.payload)))
+        pending = self._raw.notifies  # parsed by psycopg2 but not moved yet (none, normally)
+        while pending:
+            notify = pending.pop(0)
+            taken.append((int(notify.pid), str(notify.channel), str(notify.payload)))
+        return taken
+
+    def failure(self) -> BaseException | None:
+        raw = self._raw
+        if not raw.closed:
+            return None
+        # A terminated backend (pg_terminate_backend, a shutdown) says why before closing;
+        # libpq takes that FATAL message, arriving while idle, for a notice.
+        for notice in reversed(raw.notices):
+            if notice.startswith("FATAL:"):
+                return psycopg2.OperationalError(" ".join(notice.split()))
+        closing = self._conn._notifies_proxy._close_event  # aiopg's record of the error
+        if closing.done() and not closing.cancelled() and closing.exception() is not None:
+            return closing.exception()
+        return psycopg2.OperationalError("connection closed")
+
+    def enable_keepalives(self, idle: int, interval: int, count: int) -> None:
+        # What libpq does for keepalives_* (setKeepalivesIdle & co. in fe-connect.c), on a
+        # duplicate of the descriptor: options belong to the socket, not the descriptor.
+        sock = socket.socket(fileno=os.dup(self._raw.fileno()))
+        try:
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                return
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            # macOS names the idle time TCP_KEEPALIVE.
+            for names, value in (
+                (("TCP_KEEPIDLE", "TCP_KEEPALIVE"), idle),
+                (("TCP_KEEPINTVL",), interval),
+                (("TCP_KEEPCNT",), count),
+            ):
+                option = next((getattr(socket, n) for n in names if hasattr(socket, n)), None)
+                if option is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, option, max(int(value), 1))
+        finally:
+            sock.close()
 
     def close(self) -> None:
         self._conn.close()

@@ -44,6 +44,7 @@ from ._checkout import Checkout, NotStarted
 from ._config import DISCARD_ALL, DISCARD_PGBOUNCER, PoolOptions, PoolSettings
 from ._connector import AiopgConnector, Connector, TxStatus, UrlSource
 from ._leaks import NoLeakDetector, leak_detector
+from ._listener import Listener
 from ._members import ReaderSet
 from ._metrics import Health, PoolObserver, PoolStatus, Recorder
 from ._opening import Opener, reconnect
@@ -144,6 +145,9 @@ class PoolManager(QueryApi):
         )
         self._metrics = Recorder(self)
         self._health = Health(self._now)
+        #: Listeners started by listen(), closed by stop().
+        self._listeners: set[Listener] = set()
+        self._warned_listen = False
         #: Every returned connection goes through a reset round trip before reuse.
         self._reset_each = settings.reset not in ("none", "rollback")
         #: ``writer``, or ``reader`` for the pools of :attr:`readers`.
@@ -353,10 +357,12 @@ class PoolManager(QueryApi):
         under ``asyncio.wait_for``) still completes it. Idempotent: a later stop() waits for
         the same shutdown, bringing its deadline forward to its own ``timeout`` if sooner.
         """
-        if self._readers is not None:
-            await asyncio.gather(self._stop(timeout), self._readers.stop(timeout))
-        else:
-            await self._stop(timeout)
+        listeners, self._listeners = self._listeners, set()
+        await asyncio.gather(
+            self._stop(timeout),
+            *(listener.close(timeout) for listener in listeners),
+            *(() if self._readers is None else (self._readers.stop(timeout),)),
+        )
 
     async def _stop(self, timeout: float) -> None:
         state = self._state

@@ -26,6 +26,8 @@ _FIRST_WORD = re.compile(r"\s*(\w+)")
 _ROLLBACK_TO = re.compile(r"\s*ROLLBACK\s+TO\b", re.IGNORECASE)
 # The pool sends a transaction's BEGIN in the same message as its first statement.
 _PIPELINED_BEGIN = re.compile(r"\s*(BEGIN(?:\s+READ\s+ONLY)?)\s*;\s*", re.IGNORECASE)
+# LISTEN / UNLISTEN and their channel: a quoted identifier ("" for "), a plain one, or *.
+_LISTEN = re.compile(r'\b(UNLISTEN|LISTEN)\s+(\*|"(?:[^"]|"")*"|\w+)', re.IGNORECASE)
 
 
 @dataclass
@@ -88,6 +90,11 @@ class FakeConnector:
     def open_connections(self) -> list[FakeConnection]:
         return [c for c in self.connections if not c.closed]
 
+    def notify(self, channel: str, payload: str = "", pid: int = 1) -> int:
+        """``pg_notify(channel, payload)`` from another session (backend ``pid``): every
+        open connection LISTENing on ``channel`` receives it. Returns how many did."""
+        return sum(conn.notify(channel, payload, pid) for conn in self.open_connections)
+
 
 class FakeConnection:
     """A :class:`~pgpool_core.DriverConnection` double that records what it was asked."""
@@ -118,6 +125,13 @@ class FakeConnection:
         self._result = QueryResult(0)
         self._tag: str | None = None
         self._script: Script | None = None
+        #: The channels this session LISTENs on (as the server tracks them).
+        self.listening: set[str] = set()
+        #: The keepalive settings asked for: (idle, interval, count), or None.
+        self.keepalives: tuple[int, int, int] | None = None
+        self._notifications: list[tuple[int, str, str]] = []
+        self._wakeup: Callable[[], None] | None = None
+        self._failure: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"<FakeConnection #{self.number}{' closed' if self.closed else ''}>"
@@ -220,9 +234,71 @@ class FakeConnection:
             self.status = TxStatus.IDLE
         else:
             self.status = TxStatus.INTRANS if in_tx else TxStatus.IDLE
+        if error is None:
+            self._apply_listens(sql)
+
+    def _apply_listens(self, sql: str) -> None:
+        """What the LISTEN / UNLISTEN statements of a completed message change."""
+        for verb, name in _LISTEN.findall(sql):
+            if name.startswith('"'):
+                channel = name[1:-1].replace('""', '"')
+            else:
+                channel = name if name == "*" else name.lower()
+            if verb.upper() == "LISTEN":
+                self.listening.add(channel)
+            elif channel == "*":
+                self.listening.clear()
+            else:
+                self.listening.discard(channel)
 
     def _die(self) -> None:
         self.close()
+
+    # -- notifications (a ListenerConnection) ----------------------------------------------
+
+    @property
+    def backend_pid(self) -> int:
+        """A made-up server process id: 10000 + the connection's number."""
+        return 10000 + self.number
+
+    def set_wakeup(self, callback: Callable[[], None] | None) -> None:
+        self._wakeup = callback
+
+    def take_notifications(self) -> list[tuple[int, str, str]]:
+        taken, self._notifications = self._notifications, []
+        return taken
+
+    def failure(self) -> BaseException | None:
+        if not self.closed:
+            return None
+        return self._failure or psycopg2.OperationalError("connection closed")
+
+    def enable_keepalives(self, idle: int, interval: int, count: int) -> None:
+        self.keepalives = (idle, interval, count)
+
+    def notify(self, channel: str, payload: str = "", pid: int = 1) -> bool:
+        """The server delivers a notification, if this session LISTENs on ``channel``
+        (and is open); the reader fires. Returns whether it was delivered."""
+        if self.closed or channel not in self.listening:
+            return False
+        self._notifications.append((pid, channel, payload))
+        self._wake()
+        return True
+
+    def terminate(
+        self, message: str = "terminating connection due to administrator command"
+    ) -> None:
+        """The server ends this session (``pg_terminate_backend``, a restart): a running
+        statement fails, the reader fires, :meth:`failure` tells ``FATAL: message``."""
+        if self.closed:
+            return
+        self._failure = psycopg2.OperationalError(f"FATAL: {message}")
+        self.close()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup()
 
     def drop(self) -> None:
         """The server drops this connection; the client only finds out on next use."""

@@ -23,6 +23,9 @@ from pgpool_core import (
     CommitUnknownError,
     ConnectionException,
     ErrorKind,
+    Listener,
+    Notification,
+    NotificationsMissed,
     OnDuration,
     OnError,
     PoolClosedError,
@@ -250,6 +253,28 @@ class ApplicationMixin:
         if status.readers:  # with read_url: each reader, and why it gets no reads
             result["readers"] = [_member(reader) for reader in status.readers]
         return result
+
+    async def postgres_listen(
+        self,
+        *channels: str,
+        on_notify: Callable[[Notification], object] | None = None,
+        on_missed: Callable[[NotificationsMissed], object] | None = None,
+        check_interval: float = 5.0,
+    ) -> Listener:
+        """A :class:`~pgpool_core.Listener` on ``channels`` for the application's life
+        (see :meth:`pgpool_core.PoolManager.listen`): e.g. ``on_notify`` fans out to open
+        WebSocket handlers, ``on_missed`` tells them to reload. Closed by
+        :meth:`postgres_stop`. Call it once the pool is started (in sprockets.http, after
+        ``postgres_started``).
+
+        :raises PoolClosedError: the pool is not started.
+        """
+        pool = self.postgres_pool
+        if pool is None:
+            raise PoolClosedError("the PostgreSQL pool is not started: postgres_listen needs it")
+        return await pool.listen(
+            *channels, on_notify=on_notify, on_missed=on_missed, check_interval=check_interval
+        )
 
     def postgres_connector(
         self,
