@@ -93,24 +93,29 @@ class RowStream:
             await self._rows.aclose()
 
     async def _generate(self) -> AsyncGenerator[dict[str, Any], None]:
+        # Rows are handed out from here, one async-generator step each; the batches
+        # come from _batches (a second step per batch, not per row).
         if self._open is not None:
             async with self._open() as tx:
-                async for row in self._fetch(tx, close=False):
-                    yield row
+                async for rows in self._batches(tx, close=False):
+                    for row in rows:
+                        yield row
             return
         connector = self._connector
         assert connector is not None
         if connector.in_transaction:
-            async for row in self._fetch(connector, close=True):
-                yield row
+            async for rows in self._batches(connector, close=True):
+                for row in rows:
+                    yield row
             return
         async with connector.transaction():
-            async for row in self._fetch(connector, close=False):
-                yield row
+            async for rows in self._batches(connector, close=False):
+                for row in rows:
+                    yield row
 
-    async def _fetch(
+    async def _batches(
         self, tx: PostgresConnector, *, close: bool
-    ) -> AsyncGenerator[dict[str, Any], None]:
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
         name = f"pgpool_stream_{next(_names)}"
         metric, renew = self._metric_name, self._renew
         if renew is not None:
@@ -121,8 +126,8 @@ class RowStream:
             if renew is not None:
                 tx._renew_deadline(renew)
             rows = (await tx.execute(fetch, None, metric)).rows
-            for row in rows:
-                yield row
+            if rows:
+                yield rows
             if len(rows) < self._batch:
                 break
         if close:  # in the caller's own transaction, which goes on
