@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+from sprockets.http import app as sprockets_app
+from sprockets.http import testing as sprockets_testing
 from tornado import web
 
+import pgpool_sprockets
 import pgpool_tornado
 from pgpool_core import Notification, NotificationsMissed, PoolManager
 from pgpool_core.testing import PostgresServer
@@ -72,3 +76,42 @@ async def test_tornado_app_routes_notifications_to_a_callback(
     finally:
         await app.postgres_stop()
     await wait_for_condition(lambda: not listeners(postgres_server, database))
+
+
+class SprocketsApp(pgpool_sprockets.ApplicationMixin, sprockets_app.Application):
+    pass
+
+
+class TestSprocketsListener(sprockets_testing.SprocketsHttpTestCase):
+    """``postgres_listen`` in the settings: listening starts with the application and
+    ends with it."""
+
+    @pytest.fixture(autouse=True)
+    def _database(self, postgres_db_url: str, postgres_server: PostgresServer) -> None:
+        self.db_url = postgres_db_url
+        self.server = postgres_server
+        self.heard: list[str] = []
+
+    def get_app(self) -> SprocketsApp:
+        self.app = SprocketsApp(
+            [],
+            postgres_url=self.db_url,
+            postgres_listen={"chat": lambda n: self.heard.append(n.payload)},
+        )
+        return self.app
+
+    def test_listening_starts_and_stops_with_the_app(self) -> None:
+        self.io_loop.run_sync(self.app.postgres_started.wait, timeout=10)
+        database = database_of(self.db_url)
+        pool = self.app.postgres_pool
+        assert pool is not None
+
+        async def notify_and_hear() -> None:
+            await wait_for_condition(lambda: len(listeners(self.server, database)) == 1)
+            await pool.notify("chat", "hi")
+            await wait_for_condition(lambda: self.heard == ["hi"])
+
+        self.io_loop.run_sync(notify_and_hear, timeout=10)
+        self.app.stop(self.io_loop, self.shutdown_limit, self.wait_timeout)
+        self.io_loop.start()
+        assert not listeners(self.server, database)

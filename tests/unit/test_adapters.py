@@ -1381,3 +1381,25 @@ async def test_postgres_stream_failure_is_the_http_answer(serve: Serve) -> None:
     response = await s("/stream")
     assert response.code == 500
     assert s.statements()[-1] == "ROLLBACK"
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"postgres_listen": ["chat"]}, "postgres_listen: expected a mapping"),
+        ({"postgres_listen": {"chat": "not callable"}}, "postgres_listen: expected a mapping"),
+        ({"postgres_listen": {"": print}}, "channel"),
+        (
+            {"postgres_listen": {"chat": print}, "postgres_listen_missed": 3},
+            "postgres_listen_missed",
+        ),
+    ],
+)
+async def test_bad_listen_settings_fail_the_start_before_anything_opens(
+    fake_pools: None, fake: FakeConnector, settings: dict[str, Any], message: str
+) -> None:
+    app = Application([], postgres_url=URL, **settings)
+    with pytest.raises((SettingsError, ValueError), match=message):
+        await app.postgres_start()
+    assert app.postgres_pool is None
+    assert fake.connections == []

@@ -41,6 +41,7 @@ from pgpool_core import (
     classify,
     sqlstate,
 )
+from pgpool_core._listener import validate_channel
 from pgpool_core._session import apply_on_error
 from pgpool_core._streams import DEFAULT_BATCH
 
@@ -151,7 +152,12 @@ _UPSTREAM_CHAIN: tuple[tuple[str, type[BaseException] | tuple[type[BaseException
 ERROR_FORMATS = ("problem+json", "sprockets-postgres")
 
 #: The application settings this adapter reads itself (beside the pool's ``postgres_*``).
-ADAPTER_SETTINGS = ("postgres_error_format", "postgres_prometheus")
+ADAPTER_SETTINGS = (
+    "postgres_error_format",
+    "postgres_prometheus",
+    "postgres_listen",
+    "postgres_listen_missed",
+)
 
 
 class PostgresHTTPError(web.HTTPError):
@@ -209,6 +215,7 @@ class ApplicationMixin:
                 f"postgres_error_format: expected one of {', '.join(ERROR_FORMATS)},"
                 f" got {error_format!r}"
             )
+        listen = self._postgres_listen_settings()
         pool = PoolManager(settings=self.postgres_settings())
         if self.settings.get("postgres_prometheus"):
             from pgpool_core import prometheus
@@ -216,6 +223,27 @@ class ApplicationMixin:
             prometheus.instrument(pool, self.settings.get("prometheus_registry") or _registry())
         await pool.start(wait=wait)
         self.postgres_pool = pool
+        missed = self.settings.get("postgres_listen_missed")
+        for channel, on_notify in listen.items():
+            await pool.listen(channel, on_notify=on_notify, on_missed=missed)
+
+    def _postgres_listen_settings(self) -> dict[str, Callable[[Notification], object]]:
+        """The application setting ``postgres_listen``: ``{channel: on_notify}``, listened
+        to for the application's life (``postgres_listen_missed``: the ``on_missed``
+        callback for all of them), checked before anything starts."""
+        listen = self.settings.get("postgres_listen") or {}
+        missed = self.settings.get("postgres_listen_missed")
+        if not isinstance(listen, Mapping) or not all(
+            isinstance(channel, str) and callable(callback) for channel, callback in listen.items()
+        ):
+            raise SettingsError(
+                f"postgres_listen: expected a mapping of channel names to callables, got {listen!r}"
+            )
+        if missed is not None and not callable(missed):
+            raise SettingsError(f"postgres_listen_missed: expected a callable, got {missed!r}")
+        for channel in listen:
+            validate_channel(channel)
+        return dict(listen)
 
     async def postgres_stop(self, timeout: float = 4.0) -> None:
         """Stop the pool: work in flight gets ``timeout`` seconds, then is cancelled.
