@@ -35,6 +35,7 @@ from ._session import (
     broke,
 )
 from ._sessions import Session
+from ._state import PoolState
 from ._statements import Deadline, check_timeout
 from ._streams import DEFAULT_BATCH, RowStream
 from .errors import PoolClosedError, PoolError, PoolUnavailableError, QueryParameterError
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
 __all__ = ["QueryApi"]
 
 LOGGER = logging.getLogger("pgpool")
+
+_SERVING = (PoolState.OPEN, PoolState.RECONNECTING)
 
 T = TypeVar("T")
 
@@ -290,14 +293,24 @@ class QueryApi:
             name=self.name,
             sleep=pool._sleep,
             describe=pool._opener.describe,
+            on_closed=pool._listeners.discard,
         )
-        await listener.start()
-        pool._listeners.add(listener)
+        pool._listeners.add(listener)  # before any await: stop() meanwhile closes it
+        try:
+            await listener.start()
+        except BaseException:
+            await listener.close(0)
+            raise
+        if pool.state not in _SERVING:  # stop() began while it started
+            await listener.close(0)
+            raise PoolClosedError(f"pool {self.name} is {pool.state.value}")
         return listener
 
     async def notify(self, channel: str, payload: str = "") -> None:
         """``pg_notify(channel, payload)``, both bound as parameters (a notification is
         delivered when the sending transaction commits: here, at once)."""
+        if not isinstance(payload, str):
+            raise QueryParameterError(f"payload: expected a str, got {type(payload).__name__}")
         await self.execute("SELECT pg_notify(%s, %s)", [validate_channel(channel), payload])
 
     async def run_transaction(

@@ -11,6 +11,7 @@ import asyncio
 import enum
 import inspect
 import logging
+import math
 import random
 import re
 import time
@@ -91,8 +92,14 @@ def validate_channel(channel: object) -> str:
         why = "empty"
     elif "\x00" in channel:
         why = "contains a NUL character"
-    elif len(channel.encode("utf-8", "surrogatepass")) > MAX_CHANNEL_BYTES:
-        why = f"longer than {MAX_CHANNEL_BYTES} bytes"
+    else:
+        try:
+            size = len(channel.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate: libpq could never send it
+            why = "not valid Unicode text"
+        else:
+            if size > MAX_CHANNEL_BYTES:
+                why = f"longer than {MAX_CHANNEL_BYTES} bytes"
     if why is not None:
         shown = channel if len(channel) <= 80 else channel[:80] + "..."
         raise QueryParameterError(f"channel: invalid name {shown!r} ({why}); nothing was sent")
@@ -394,6 +401,7 @@ class Listener:
         name: str = "pgpool",
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         describe: Callable[[BaseException], str] = _describe,
+        on_closed: Callable[[Listener], object] | None = None,
     ) -> None:
         if isinstance(channels, str):  # "ab" would be two channels a and b
             channels = (channels,)
@@ -402,9 +410,15 @@ class Listener:
             ("connect_timeout", connect_timeout),
             ("check_interval", check_interval),
         ):
-            if not value > 0:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or not value > 0
+            ):
                 raise SettingsError(f"{key}: must be a number of seconds > 0, got {value!r}")
         self._connect = connect
+        self._on_closed = on_closed
         self._retry = retry
         self._connect_timeout = connect_timeout
         self._check_interval = check_interval
@@ -560,6 +574,8 @@ class Listener:
         finally:
             self._phase = _Phase.CLOSED
             self._closing.set_result(None)
+            if self._on_closed is not None:
+                self._on_closed(self)
         LOGGER.info("listener %s: closed", self.name)
 
     async def __aenter__(self) -> Listener:

@@ -576,7 +576,9 @@ class PoolManager(QueryApi):
             restored = await restore_slot(
                 slot,
                 canceller=self._canceller,
-                rollback=None if bad or not self._state.serving else self._committer.rollback,
+                rollback=None
+                if bad or not self._state.serving or self.settings.reset == "none"
+                else self._committer.rollback,
             )
             if restored and not bad and self._reset_each and self._state.serving:
                 restored = await self._reset(slot)
@@ -601,8 +603,8 @@ class PoolManager(QueryApi):
                 await self._runner.run(slot, sql, None, deadline)
             elif callable(settings.reset):
                 connector = PostgresConnector(slot, deadline, self._tools)
-                try:
-                    await settings.reset(connector)
+                try:  # bounded as a whole, not only its statements
+                    await asyncio.wait_for(settings.reset(connector), settings.cancel_timeout)
                 finally:
                     connector.end()
         except Exception as exc:

@@ -24,6 +24,7 @@ from ._result import QueryResult
 from ._returns import Canceller
 from ._statements import Deadline, SessionStateWarnings, StatementRunner, check_timeout
 from ._streams import DEFAULT_BATCH, RowStream
+from ._text import one_statement
 from ._transaction import BEGIN_WITH_XID, Committer, XidMark, refuse_commit
 from .errors import (
     CommitUnknownError,
@@ -235,9 +236,9 @@ def local_settings(settings: Mapping[str, object] | None) -> tuple[tuple[str, st
 
 
 def _one_statement(sql: str) -> bool:
-    """Whether ``sql`` is one statement (no ``;`` but trailing ones): only then may BEGIN
-    share its message, so that a message the server rejects whole ran nothing."""
-    return ";" not in sql.rstrip().rstrip(";")
+    """Whether ``sql`` is one statement: only then may BEGIN share its message, so that a
+    message the server rejects whole ran nothing."""
+    return one_statement(sql)
 
 
 class _BeginFirst:
@@ -421,7 +422,7 @@ class PostgresConnector:
                 seconds = tools.clock() - started
                 report_duration(tools.recorder, self._on_duration, metric_name, seconds, failure)
         if self._in_transaction:
-            self._after_statement()
+            self._after_statement(sql, callproc=callproc)
         return result
 
     def _check_usable(self, sql: str, *, callproc: bool) -> None:
@@ -511,13 +512,20 @@ class PostgresConnector:
         ):
             self._ended_by = self._ended_by or "its own COMMIT or ROLLBACK, then an error"
 
-    def _after_statement(self) -> None:
+    def _after_statement(self, sql: str, *, callproc: bool) -> None:
         conn = self._slot.conn
         status = conn.transaction_status()
         if status is TxStatus.INTRANS:
             self._failure = None  # usable again (e.g. after ROLLBACK TO SAVEPOINT)
         elif status is TxStatus.IDLE:
-            self._ended_by = conn.status_message()
+            tag = conn.status_message()
+            if callproc or _one_statement(sql):
+                self._ended_by = tag
+            else:
+                # Only the last statement's tag comes back: "...; COMMIT; ROLLBACK" says
+                # ROLLBACK after a commit, "...; ROLLBACK; SELECT 2; COMMIT" says COMMIT
+                # about an empty transaction. What the text committed is unknown.
+                self._ended_by = f"a text of several statements, the last one {tag}"
 
     def transaction(
         self,

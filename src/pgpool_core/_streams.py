@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
+from ._text import one_statement
 from .errors import QueryParameterError
 
 if TYPE_CHECKING:
@@ -72,6 +73,11 @@ class RowStream:
         self._sql = sql
         self._params = params
         self._batch = check_batch(batch)
+        if not one_statement(sql):
+            raise QueryParameterError(
+                "sql: a stream reads one query (DECLARE ... CURSOR FOR it); this text has"
+                " several statements; nothing was sent"
+            )
         self._metric_name = metric_name
         #: Seconds each statement gets, from its own start (a stream the pool opened);
         #: None: the connector's own deadline bounds it all.
@@ -130,5 +136,7 @@ class RowStream:
                 yield rows
             if len(rows) < self._batch:
                 break
+        if renew is not None:  # the COMMIT that follows gets its own bound too
+            tx._renew_deadline(renew)
         if close:  # in the caller's own transaction, which goes on
             await tx.execute(f"CLOSE {name}", None, metric)
