@@ -93,6 +93,21 @@ class Bag(Generic[W]):
 
     # -- opening -----------------------------------------------------------------------------
 
+    def resize(self, min_size: int, max_size: int) -> list[Slot]:
+        """New bounds; returns the idle connections to close now (longest idle first) to
+        come down to ``max_size``. Busy ones above it are closed as they come back (see
+        :attr:`oversized`)."""
+        self.min_size, self.max_size = min_size, max_size
+        closing: list[Slot] = []
+        while self.idle and self.size - len(closing) > max_size:
+            closing.append(self.idle.popleft())
+        return closing
+
+    @property
+    def oversized(self) -> bool:
+        """More connections than ``max_size`` (after a shrink): a returned one is closed."""
+        return self.size > self.max_size
+
     def plan_connects(self) -> int:
         """How many connects to start now, for waiters not covered by connects or
         returns, or to reach ``min_size``; they are counted as opening."""

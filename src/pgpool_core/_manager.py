@@ -623,7 +623,7 @@ class PoolManager(QueryApi):
             # Counted once, as returns_bad, when it came back broken from use.
             self._discard(slot, bad=bad or conn.closed)
             return
-        if status is not TxStatus.IDLE or not self._bag.reusable(slot, now):
+        if status is not TxStatus.IDLE or not self._bag.reusable(slot, now) or self._bag.oversized:
             self._discard(slot, bad=status is not TxStatus.IDLE)
             return
         self._hand_off(slot, now)
@@ -672,6 +672,34 @@ class PoolManager(QueryApi):
             role=self.role,
             server=self.server_address,
             readers=members,
+        )
+
+    def resize(self, min_size: int | None = None, max_size: int | None = None) -> None:
+        """New ``min_size`` / ``max_size`` at run time, for this pool and its readers.
+        Growing opens connections as demand (or the new ``min_size``) calls for them;
+        shrinking closes idle connections now, longest idle first, and busy ones as they
+        come back: never one in use.
+
+        :raises SettingsError: naming the bad value; nothing changes.
+        """
+        settings = dataclasses.replace(
+            self.settings,
+            min_size=self.settings.min_size if min_size is None else min_size,
+            max_size=self.settings.max_size if max_size is None else max_size,
+        )
+        for pool in (self, *self.readers):
+            pool.settings = dataclasses.replace(
+                pool.settings, min_size=settings.min_size, max_size=settings.max_size
+            )
+            for slot in pool._bag.resize(settings.min_size, settings.max_size):
+                pool._discard(slot, bad=False)
+            if pool._state.serving:
+                pool._meet_demand()
+        LOGGER.info(
+            "pool %s: resized to min_size=%d, max_size=%d",
+            self.name,
+            settings.min_size,
+            settings.max_size,
         )
 
     # -- maintenance ----------------------------------------------------------------------------
