@@ -6,6 +6,7 @@ module wires the pool to the application, maps error kinds to HTTP and forwards 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -367,6 +368,37 @@ async def _transaction_on(
             yield connector
 
 
+class _Waited:
+    """A request's block on the database, watched for a client that hangs up (see
+    :attr:`RequestHandlerMixin.postgres_cancel_on_disconnect`)."""
+
+    __slots__ = ("_block", "_handler")
+
+    def __init__(
+        self, handler: RequestHandlerMixin, block: AbstractAsyncContextManager[PostgresConnector]
+    ) -> None:
+        self._handler = handler
+        self._block = block
+
+    async def __aenter__(self) -> PostgresConnector:
+        self._handler._postgres_wait()
+        try:
+            return await self._block.__aenter__()
+        except BaseException as exc:
+            self._handler._postgres_waited(exc)
+            raise
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        try:
+            await self._block.__aexit__(kind, exc, tb)
+        except BaseException as error:
+            self._handler._postgres_waited(error)
+            raise
+        self._handler._postgres_waited(exc)
+
+
 class _NoPool:
     """``postgres_connector()`` before the pool exists: the failure goes to ``on_error``."""
 
@@ -400,6 +432,48 @@ class RequestHandlerMixin:
     #: read-only, its later reads run on the writer.
     postgres_read_only: bool = False
     _postgres_wrote: bool = False
+    #: When the HTTP client disconnects while the request waits on the database, the
+    #: statement is cancelled on the server, a transaction in progress rolls back, the
+    #: connection returns to the pool and the request ends with 499 (nobody reads it).
+    #: False lets the request run to its end.
+    postgres_cancel_on_disconnect: bool = True
+    _postgres_waiting: dict[asyncio.Task[Any], int] | None = None
+    _postgres_disconnected: bool = False
+
+    def on_connection_close(self) -> None:
+        """The client hung up: cancel the database work it was waiting for (see
+        :attr:`postgres_cancel_on_disconnect`)."""
+        super().on_connection_close()  # type: ignore[misc]
+        waiting = self._postgres_waiting
+        if not self.postgres_cancel_on_disconnect or not waiting:
+            return
+        self._postgres_disconnected = True
+        for task in list(waiting):
+            if not task.done():
+                task.cancel("the HTTP client disconnected")
+
+    def _postgres_wait(self) -> None:
+        """A database call of this request starts on the current task."""
+        task = asyncio.current_task()
+        if task is None:
+            return
+        if self._postgres_waiting is None:
+            self._postgres_waiting = {}
+        self._postgres_waiting[task] = self._postgres_waiting.get(task, 0) + 1
+
+    def _postgres_waited(self, exc: BaseException | None) -> None:
+        """It ended with ``exc``: a cancellation this mixin made for a client that hung up
+        becomes an ordinary 499 (the task goes on: nothing outside asked it to stop)."""
+        task = asyncio.current_task()
+        waiting = self._postgres_waiting
+        if task is not None and waiting is not None and task in waiting:
+            waiting[task] -= 1
+            if not waiting[task]:
+                del waiting[task]
+        if isinstance(exc, asyncio.CancelledError) and self._postgres_disconnected:
+            if task is not None and hasattr(task, "uncancel"):  # Python 3.11+
+                task.uncancel()
+            raise web.HTTPError(499, reason="Client Closed Request") from None
 
     def _postgres_route(self, read_only: bool | None) -> tuple[bool, bool]:
         """``(read_only, writer)`` for a call: the handler's default, and the writer once
@@ -483,17 +557,23 @@ class RequestHandlerMixin:
 
         reads, writer = self._postgres_route(read_only)
         run = pool.callproc if callproc else pool.execute
-        result = await run(
-            sql,
-            parameters,
-            metric_name=metric_name,
-            timeout=timeout,
-            on_error=on_error,
-            on_duration=self.on_postgres_timing,
-            read_only=reads,
-            writer=writer,
-            idempotent=idempotent,
-        )
+        self._postgres_wait()
+        try:
+            result = await run(
+                sql,
+                parameters,
+                metric_name=metric_name,
+                timeout=timeout,
+                on_error=on_error,
+                on_duration=self.on_postgres_timing,
+                read_only=reads,
+                writer=writer,
+                idempotent=idempotent,
+            )
+        except BaseException as exc:
+            self._postgres_waited(exc)
+            raise
+        self._postgres_waited(None)
         return None if swallowed else result
 
     def postgres_transaction(
@@ -530,14 +610,17 @@ class RequestHandlerMixin:
         pool: PoolManager | None = application.postgres_pool
         if pool is None:
             return _NoPool(checkout_failed)
-        return pool.transaction(
-            timeout,
-            on_error=self.on_postgres_error,
-            on_duration=self.on_postgres_timing,
-            checkout_failed=checkout_failed,
-            read_only=reads,
-            writer=writer,
-            settings=settings,
+        return _Waited(
+            self,
+            pool.transaction(
+                timeout,
+                on_error=self.on_postgres_error,
+                on_duration=self.on_postgres_timing,
+                checkout_failed=checkout_failed,
+                read_only=reads,
+                writer=writer,
+                settings=settings,
+            ),
         )
 
     async def postgres_stream(
@@ -571,12 +654,19 @@ class RequestHandlerMixin:
             read_only=reads,
             writer=writer,
         )
+        self._postgres_wait()
         try:
             async with stream as rows:
                 async for row in rows:
                     yield row
         except (psycopg2.Error, PoolError) as exc:
+            self._postgres_waited(exc)
             apply_on_error(self.on_postgres_error, name, exc)
+            return
+        except BaseException as exc:
+            self._postgres_waited(exc)
+            raise
+        self._postgres_waited(None)
 
     async def postgres_run_transaction(
         self,
@@ -593,10 +683,11 @@ class RequestHandlerMixin:
         it: an outcome is never silenced)."""
         reads, writer = self._postgres_route(read_only)
         pool: PoolManager | None = self.application.postgres_pool
+        self._postgres_wait()
         try:
             if pool is None:
                 raise PoolClosedError("the PostgreSQL pool is not started")
-            return await pool.run_transaction(
+            result = await pool.run_transaction(
                 fn,
                 retries=retries,
                 timeout=timeout,
@@ -606,11 +697,18 @@ class RequestHandlerMixin:
                 settings=settings,
             )
         except PoolClosedError as exc:
+            self._postgres_waited(exc)
             apply_on_error(self.on_postgres_error, "postgres_connector", exc)
             raise
         except (psycopg2.Error, PoolError) as exc:
+            self._postgres_waited(exc)
             apply_on_error(self.on_postgres_error, "postgres_transaction", exc)
             raise
+        except BaseException as exc:
+            self._postgres_waited(exc)
+            raise
+        self._postgres_waited(None)
+        return result
 
     def on_postgres_error(self, metric_name: str, exc: Exception) -> Exception | None:
         """Raise the HTTP error for a database failure (an override may instead return an
