@@ -123,6 +123,9 @@ def make_app(**settings: Any) -> Application:
     return Application(
         [
             (r"/status", pgpool_sprockets.StatusRequestHandler),
+            (r"/livez", pgpool_sprockets.LivenessRequestHandler),
+            (r"/readyz", pgpool_sprockets.ReadinessRequestHandler),
+            (r"/startupz", pgpool_sprockets.StartupRequestHandler),
             (r"/metrics", pgpool_sprockets.MetricsRequestHandler),
             (r"/items", ItemsHandler),
             (r"/items/(\d+)", ItemHandler),

@@ -213,6 +213,22 @@ class PoolManager(QueryApi):
         """The latest connect or connection failure (redacted), or None."""
         return self._health.last_error
 
+    def down_for(self) -> float | None:
+        """Seconds since the pool started reconnecting (None while it is not)."""
+        since = self._down_since
+        if since is None or self._state is not PoolState.RECONNECTING:
+            return None
+        return self._now() - since
+
+    def server_read_only(self) -> bool | None:
+        """Whether the server's sessions are read-only, as an open connection last reported
+        it (``in_hot_standby`` / ``default_transaction_read_only``): no I/O; None when no
+        connection is open or the server reports neither (PgBouncer, PostgreSQL < 14)."""
+        slot = self._bag.idle[-1] if self._bag.idle else next(iter(self._bag.busy), None)
+        if slot is None or slot.conn.closed:
+            return None
+        return slot.conn.server_read_only()
+
     def recycle(self) -> None:
         """Close every connection as it becomes free (idle ones now); new ones are opened
         as needed: libpq's host choice (``target_session_attrs``) is made again."""

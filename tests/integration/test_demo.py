@@ -69,7 +69,7 @@ def test_readme_curl_examples_against_the_demo_then_ctrl_c(postgres_server: obje
             done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=10)
             assert done.returncode == 0, (line, done.stderr)
             outputs.append(done.stdout)
-        status, created, listed, one, updated, deleted, metrics = outputs
+        status, created, listed, one, updated, deleted, metrics, live, ready, warm = outputs
         assert json.loads(status)["status"] == "ok"
         assert json.loads(created)["name"] == "apple"
         assert [item["name"] for item in json.loads(listed)] == ["apple"]
@@ -77,6 +77,10 @@ def test_readme_curl_examples_against_the_demo_then_ctrl_c(postgres_server: obje
         assert json.loads(updated)["name"] == "pear"
         assert deleted.strip() == "204"
         assert "pgpool_operation_duration_seconds_count{" in metrics
+        assert live.strip() == "200"
+        assert json.loads(ready)["status"] == "ok"
+        assert json.loads(ready)["members"][0]["role"] == "writer"
+        assert json.loads(warm)["status"] == "ok"
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -29,6 +29,7 @@ from sprockets.http import app as sprockets_app
 from tornado import escape, httpclient, httpserver, httputil, netutil, web
 
 import pgpool_sprockets
+import pgpool_tornado
 import pgpool_tornado._mixins
 from pgpool_core import (
     ErrorKind,
@@ -338,6 +339,9 @@ ROUTES: list[Any] = [
     (r"/reads", ReadsHandler),
     (r"/retry", RetryHandler),
     (r"/stream", StreamHandler),
+    (r"/livez", pgpool_tornado.LivenessRequestHandler),
+    (r"/readyz", pgpool_tornado.ReadinessRequestHandler),
+    (r"/startupz", pgpool_tornado.StartupRequestHandler),
 ]
 
 
@@ -1402,4 +1406,86 @@ async def test_bad_listen_settings_fail_the_start_before_anything_opens(
     with pytest.raises((SettingsError, ValueError), match=message):
         await app.postgres_start()
     assert app.postgres_pool is None
+    assert fake.connections == []
+
+
+# -- probes ---------------------------------------------------------------------------------------
+
+
+async def test_liveness_never_depends_on_the_database(serve: Serve, fake: FakeConnector) -> None:
+    s = await serve(start=False)  # no pool at all
+    response = await s("/livez")
+    assert response.code == 200
+    body = json.loads(response.body)
+    assert body["status"] == "ok"
+    assert 0 <= body["loop_lag"] < 1
+    assert fake.connections == []
+
+
+async def test_readiness_follows_the_pool_and_draining(serve: Serve, fake: FakeConnector) -> None:
+    s = await serve(start=False)
+    assert (await s("/readyz")).code == 503  # no pool yet
+    await s.app.postgres_start()
+    response = await s("/readyz")
+    assert response.code == 200
+    [writer] = json.loads(response.body)["members"]
+    assert (writer["role"], writer["ready"], writer["why"]) == ("writer", True, None)
+    assert fake.connections == [] or all(c.statements == [] for c in fake.connections)
+    s.app.postgres_draining = True
+    response = await s("/readyz")
+    assert response.code == 503
+    assert json.loads(response.body)["status"] == "draining"
+
+
+async def test_readiness_is_503_when_saturated_or_read_only(
+    serve: Serve, fake: FakeConnector
+) -> None:
+    held = asyncio.Event()
+    fake.on("^SELECT 'hold'", gate=held)
+    s = await serve(
+        postgres_max_waiting=1, postgres_acquire_timeout=5, postgres_ready_writable=True
+    )
+    holder = asyncio.create_task(s.pool.execute("SELECT 'hold'"))
+    await until(lambda: s.pool.in_use == 1)
+    fake.connections[0].read_only_server = False
+    assert (await s("/readyz")).code == 200
+    waiter = asyncio.create_task(s.pool.execute("SELECT 1"))
+    await until(lambda: s.pool.stats()["requests_waiting"] == 1)
+    response = await s("/readyz")
+    assert response.code == 503
+    assert "saturated" in json.loads(response.body)["members"][0]["why"]
+    held.set()
+    await asyncio.gather(holder, waiter)
+    fake.connections[0].read_only_server = True  # e.g. a standby after a failover
+    response = await s("/readyz")
+    assert response.code == 503
+    assert json.loads(response.body)["members"][0]["why"] == "the server is read-only"
+
+
+async def test_startup_waits_for_min_size(serve: Serve, fake: FakeConnector) -> None:
+    fake.gate = asyncio.Event()
+    s = await serve(postgres_min_pool_size=2, postgres_max_pool_size=2)
+    response = await s("/startupz")
+    assert response.code == 503
+    assert json.loads(response.body) == {"status": "warming", "pool_size": 0, "min_size": 2}
+    fake.gate.set()
+    await until(lambda: s.pool.stats()["pool_size"] == 2)
+    assert (await s("/startupz")).code == 200
+
+
+async def test_shutdown_grace_drains_before_the_pool_stops(serve: Serve) -> None:
+    s = await serve(postgres_shutdown_grace=0.2)
+    stopping = asyncio.create_task(s.app.postgres_stop(1))
+    await until(lambda: s.app.postgres_draining)
+    response = await s("/readyz")
+    assert response.code == 503  # unready first...
+    assert (await s("/run/ok")).code in (200, 500)  # ...while requests are still served
+    await stopping
+    assert s.app.postgres_pool is None
+
+
+async def test_a_bad_shutdown_grace_is_refused_at_start(serve: Serve, fake: FakeConnector) -> None:
+    s = await serve(start=False, postgres_shutdown_grace="soon")
+    with pytest.raises(SettingsError, match="postgres_shutdown_grace"):
+        await s.app.postgres_start()
     assert fake.connections == []

@@ -43,6 +43,7 @@ from pgpool_core import (
     sqlstate,
 )
 from pgpool_core._listener import validate_channel
+from pgpool_core._probes import Probe, liveness, readiness, startup
 from pgpool_core._session import apply_on_error
 from pgpool_core._streams import DEFAULT_BATCH
 
@@ -158,6 +159,8 @@ ADAPTER_SETTINGS = (
     "postgres_prometheus",
     "postgres_listen",
     "postgres_listen_missed",
+    "postgres_shutdown_grace",
+    "postgres_ready_writable",
 )
 
 
@@ -217,7 +220,9 @@ class ApplicationMixin:
                 f" got {error_format!r}"
             )
         listen = self._postgres_listen_settings()
+        _grace(self.settings.get("postgres_shutdown_grace", 0))  # refused before opening
         pool = PoolManager(settings=self.postgres_settings())
+        self.postgres_draining = False
         if self.settings.get("postgres_prometheus"):
             from pgpool_core import prometheus
 
@@ -246,6 +251,10 @@ class ApplicationMixin:
             validate_channel(channel)
         return dict(listen)
 
+    #: True from the start of :meth:`postgres_stop`: :class:`ReadinessRequestHandler`
+    #: answers 503 "draining" (see the setting ``postgres_shutdown_grace``).
+    postgres_draining: bool = False
+
     async def postgres_stop(self, timeout: float = 4.0) -> None:
         """Stop the pool: work in flight gets ``timeout`` seconds, then is cancelled.
 
@@ -255,6 +264,13 @@ class ApplicationMixin:
         pool = self.postgres_pool
         if pool is None:
             return
+        grace = _grace(self.settings.get("postgres_shutdown_grace", 0))
+        if grace and not self.postgres_draining:
+            # Readiness says "draining" at once; requests keep being served meanwhile, so
+            # that the load balancer stops sending them before the pool goes.
+            self.postgres_draining = True
+            await asyncio.sleep(grace)
+        self.postgres_draining = True
         await pool.stop(timeout)
         if self.postgres_pool is pool:
             self.postgres_pool = None
@@ -808,6 +824,56 @@ class MetricsRequestHandler(web.RequestHandler):
         registry = self.settings.get("prometheus_registry") or prometheus_client.REGISTRY
         self.set_header("Content-Type", prometheus_client.CONTENT_TYPE_LATEST)
         self.finish(prometheus_client.generate_latest(registry))
+
+
+def _grace(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 3600:
+        raise SettingsError(
+            f"postgres_shutdown_grace: expected seconds from 0 to 3600, got {value!r}"
+        )
+    return float(value)
+
+
+class _ProbeHandler(web.RequestHandler):
+    """A probe's answer as JSON, 200 or 503, never cached."""
+
+    def answer(self, probe: Probe) -> None:
+        self.set_status(probe.status)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(probe.body)
+
+
+class LivenessRequestHandler(_ProbeHandler):
+    """``GET`` -> 200 while the process and its event loop answer (loop lag below 1 s);
+    never depends on the database (an outage must not restart the pod)."""
+
+    async def get(self, *_args: Any, **_kwargs: Any) -> None:
+        self.answer(await liveness())
+
+
+class ReadinessRequestHandler(_ProbeHandler):
+    """``GET`` -> 200 while the pool serves (open, or reconnecting for under 5 s), is not
+    shedding requests (``max_waiting``) and the application is not draining for a
+    shutdown; with the setting ``postgres_ready_writable`` also while the writer is
+    writable (as its connections last reported). Each member (writer, readers) is in the
+    body. No statement is sent and no connection taken."""
+
+    async def get(self, *_args: Any, **_kwargs: Any) -> None:
+        application = cast(ApplicationMixin, self.application)
+        self.answer(
+            readiness(
+                application.postgres_pool,
+                draining=application.postgres_draining,
+                require_writable=bool(self.settings.get("postgres_ready_writable", False)),
+            )
+        )
+
+
+class StartupRequestHandler(_ProbeHandler):
+    """``GET`` -> 200 once the pool has opened ``min_size`` connections."""
+
+    async def get(self, *_args: Any, **_kwargs: Any) -> None:
+        self.answer(startup(cast(ApplicationMixin, self.application).postgres_pool))
 
 
 class StatusRequestHandler(web.RequestHandler):
