@@ -118,7 +118,7 @@ class QueryApi:
     async def _wal_position(self, timeout: float) -> int | None:
         """The writer's WAL position (None if it cannot say: down, or not a primary)."""
         try:
-            row = (await self.execute(WRITER_LSN_SQL, timeout=timeout)).row
+            row = (await self.probe(WRITER_LSN_SQL, timeout)).row
         except Exception:  # the readers' sample goes on without it
             return None
         return parse_lsn(row["lsn"]) if row else None
@@ -251,6 +251,20 @@ class QueryApi:
             batch=batch,
             metric_name=metric_name,
             renew=per_statement or pool.settings.query_timeout,
+        )
+
+    async def probe(self, sql: str, timeout: float) -> QueryResult:
+        """One statement of the pool's own (a health probe, a replica's lag sample): no
+        hooks and no span; bounded by ``timeout``."""
+        return await self._run_once(
+            sql,
+            None,
+            timeout=timeout,
+            metric_name="",
+            on_error=None,
+            on_duration=None,
+            callproc=False,
+            trace=False,
         )
 
     async def listen(

@@ -669,7 +669,7 @@ class PoolManager(QueryApi):
 
         async def probe() -> bool:
             return self._state is PoolState.OPEN and await self._health.confirm(
-                lambda: self.execute("SELECT 1", timeout=STATUS_CHECK_TIMEOUT),
+                lambda: self.probe("SELECT 1", STATUS_CHECK_TIMEOUT),
                 all_busy=not self._bag.idle and bool(self._bag.busy),
             )
 

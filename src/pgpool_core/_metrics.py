@@ -17,6 +17,20 @@ __all__ = ["Counters", "Health", "PoolObserver", "PoolStatus", "Recorder"]
 RECENT_SUCCESS = 1.0
 
 
+class StatementSpan(Protocol):
+    """One caller's statement, traced: told when it got its connection and how it ended."""
+
+    def acquired(self, waited: float) -> None: ...
+    def end(self, error: BaseException | None) -> None: ...
+
+
+class StatementTracer(Protocol):
+    """Starts a span per caller's statement (never for the pool's own probes, pings and
+    samples). ``sql`` is the statement as written, parameters apart."""
+
+    def start(self, sql: str, metric_name: str) -> StatementSpan: ...
+
+
 class PoolObserver(Protocol):
     """Receives the pool's events, for metrics exporters (see ``pgpool_core.otel`` and
     ``pgpool_core.prometheus``). Called on the event loop; must not block. Sizes are read
@@ -129,10 +143,12 @@ class Recorder:
     only passes it on.
     """
 
-    __slots__ = ("counters", "observers", "subject")
+    __slots__ = ("counters", "observers", "subject", "tracer")
 
     def __init__(self, subject: Any) -> None:
         self.subject = subject
+        #: Spans for the callers' statements (``pgpool_core.otel``), or None.
+        self.tracer: StatementTracer | None = None
         self.counters = Counters()
         self.observers: tuple[PoolObserver, ...] = ()
 

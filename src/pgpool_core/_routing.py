@@ -67,8 +67,8 @@ class Reader(Protocol):
     def last_error(self) -> str | None: ...
 
     def recycle(self) -> None: ...
-    async def execute(self, sql: str, params: Any = None, *, timeout: float | None = None) -> Any:
-        """Run one statement (the lag sample)."""
+    async def probe(self, sql: str, timeout: float) -> Any:
+        """Run one statement of the pool's own (the lag sample)."""
 
 
 R = TypeVar("R", bound=Reader)
@@ -226,7 +226,7 @@ class Readers(Generic[R]):
             replica.problem = "not checked: " + pool.state.value
             return
         try:
-            result: QueryResult = await pool.execute(LAG_SQL, timeout=timeout)
+            result: QueryResult = await pool.probe(LAG_SQL, timeout)
         except PoolTimeoutError:
             return  # every connection busy serving reads: see stale_after
         except Exception as exc:  # the reader's own error, already redacted by its pool

@@ -102,21 +102,32 @@ async def run_once(
     on_duration: OnDuration | None,
     callproc: bool,
     idempotent: bool = False,
+    trace: bool = True,
 ) -> QueryResult:
     """One statement on a connection of its own, with the hooks of a connector but without
     holding one: ``PoolManager.execute()``'s fast path. A failure to get a connection
-    reaches ``on_error`` as ``postgres_connector``.
+    reaches ``on_error`` as ``postgres_connector``. ``trace``: a span per attempt when the
+    pool traces (not for the pool's own probes).
 
     ``idempotent``: a statement whose connection died under it (or that met a read-only
     server after a failover) runs once more, on another connection, within what is left of
     the same deadline; running it twice must be harmless, since it may have run."""
+    tracer = tools.recorder.tracer if trace else None
+    span = None if tracer is None else tracer.start(sql, metric_name)
+    clock = tools.clock
     try:
+        asked = clock() if span is not None else 0.0
         slot, deadline = await acquire(timeout, metric_name)
-    except PoolError as exc:
+    except BaseException as exc:
+        if span is not None:
+            span.end(exc)
+        if not isinstance(exc, PoolError):
+            raise
         apply_on_error(on_error, "postgres_connector", exc)
         return QueryResult(0, [])  # swallowed by the hook
-    clock = tools.clock
     started = clock()
+    if span is not None:
+        span.acquired(started - asked)
     failure: BaseException | None = None
     try:
         result = await tools.runner.run(slot, sql, params, deadline, callproc=callproc)
@@ -132,6 +143,8 @@ async def run_once(
         else:
             raise
     finally:
+        if span is not None:
+            span.end(failure)
         if on_duration is not None or tools.recorder.observers:
             report_duration(tools.recorder, on_duration, metric_name, clock() - started, failure)
     if failure is None:
@@ -392,6 +405,8 @@ class PostgresConnector:
         started = tools.clock()
         deadline = self._deadline.sooner(started, check_timeout(timeout))
         failure: BaseException | None = None
+        tracer = tools.recorder.tracer
+        span = None if tracer is None else tracer.start(sql, metric_name)
         try:
             if self._begin is not None:
                 # The turn first: between reading the pending BEGIN and sending, no yield.
@@ -418,6 +433,8 @@ class PostgresConnector:
             failure = exc
             raise
         finally:
+            if span is not None:
+                span.end(failure)
             if self._on_duration is not None or tools.recorder.observers:
                 seconds = tools.clock() - started
                 report_duration(tools.recorder, self._on_duration, metric_name, seconds, failure)

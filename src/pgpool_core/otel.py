@@ -16,22 +16,36 @@ Instruments (attributes ``db.client.connection.pool.name``, ``pgpool.role`` (``w
 ``db.client.operation.duration`` (seconds; ``db.system.name=postgresql``, with
 ``error.type`` and ``db.response.status_code`` (SQLSTATE) on failure).
 
+Spans (``instrument(pool, tracer_provider=...)``): one CLIENT span per statement a caller
+sends (none for the pool's own probes, pings and lag samples), under the database client
+conventions: name ``{db.operation.name} {db.collection.name}`` when the statement says
+them plainly (else the operation, else ``postgresql``), ``db.system.name``,
+``db.namespace``, ``db.query.text`` (the statement as written: parameters are never in
+it), ``server.address`` / ``server.port``, ``pgpool.role``; on failure ``error.type``,
+``db.response.status_code`` (SQLSTATE) and an error status. The wait for a connection is
+the event ``pgpool.connection.acquired`` (attribute ``pgpool.wait_time``, seconds) on the
+statement's span. Spans are children of the current span: in an instrumented Tornado
+request, of the request's.
+
 .. versionadded:: 0.1
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import __version__
 from ._classify import sqlstate
 from ._manager import PoolManager
+from ._redact import url_option
 
-__all__ = ["OtelObserver", "instrument"]
+__all__ = ["OtelObserver", "OtelTracer", "instrument", "span_name"]
 
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
@@ -159,11 +173,89 @@ def _callback(observe: Any) -> Any:
     return callback
 
 
+_FIRST_WORD = re.compile(r"\s*([A-Za-z]+)")
+_TARGET = {
+    "SELECT": re.compile(r"\bFROM\s+([A-Za-z_][\w.]*)", re.IGNORECASE),
+    "INSERT": re.compile(r"^\s*INSERT\s+INTO\s+([A-Za-z_][\w.]*)", re.IGNORECASE),
+    "UPDATE": re.compile(r"^\s*UPDATE\s+(?:ONLY\s+)?([A-Za-z_][\w.]*)", re.IGNORECASE),
+    "DELETE": re.compile(r"^\s*DELETE\s+FROM\s+(?:ONLY\s+)?([A-Za-z_][\w.]*)", re.IGNORECASE),
+}
+
+
+def span_name(sql: str) -> tuple[str, str | None, str | None]:
+    """``(name, operation, collection)`` of a statement: the operation is its first word,
+    the collection the table it plainly names (one statement only); neither is guessed."""
+    first = _FIRST_WORD.match(sql)
+    if first is None:
+        return "postgresql", None, None
+    operation = first.group(1).upper()
+    pattern = _TARGET.get(operation)
+    target = pattern.search(sql) if pattern is not None and ";" not in sql.rstrip("; \n") else None
+    if target is None:
+        return operation, operation, None
+    return f"{operation} {target.group(1)}", operation, target.group(1)
+
+
+class _Span:
+    __slots__ = ("_span",)
+
+    def __init__(self, span: trace.Span) -> None:
+        self._span = span
+
+    def acquired(self, waited: float) -> None:
+        self._span.add_event("pgpool.connection.acquired", {"pgpool.wait_time": waited})
+
+    def end(self, error: BaseException | None) -> None:
+        span = self._span
+        if error is not None:
+            span.set_attribute("error.type", f"{type(error).__module__}.{type(error).__qualname__}")
+            code = sqlstate(error)
+            if code:
+                span.set_attribute("db.response.status_code", code)
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        span.end()
+
+
+class OtelTracer:
+    """A :class:`~pgpool_core._metrics.StatementTracer` making OpenTelemetry spans for one
+    pool (a writer or one of its readers)."""
+
+    def __init__(self, pool: PoolManager, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+        database = url_option(pool.settings.url, "dbname") or url_option(pool.settings.url, "user")
+        self._attributes: dict[str, str | int] = {
+            "db.system.name": "postgresql",
+            **pool_attributes(pool),
+        }
+        del self._attributes[POOL_NAME]
+        if database:
+            self._attributes["db.namespace"] = database
+
+    def start(self, sql: str, metric_name: str) -> _Span:
+        name, operation, collection = span_name(sql)
+        attributes = {**self._attributes, "db.query.text": sql}
+        if operation is not None:
+            attributes["db.operation.name"] = operation
+        if collection is not None:
+            attributes["db.collection.name"] = collection
+        if metric_name:
+            attributes["pgpool.metric_name"] = metric_name
+        return _Span(self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes))
+
+
 def instrument(
-    pool: PoolManager, meter_provider: metrics.MeterProvider | None = None
+    pool: PoolManager,
+    meter_provider: metrics.MeterProvider | None = None,
+    *,
+    tracer_provider: trace.TracerProvider | None = None,
 ) -> OtelObserver:
-    """Record ``pool``'s metrics with ``meter_provider`` (default: the global one)."""
+    """Record ``pool``'s metrics with ``meter_provider`` (default: the global one), and
+    with ``tracer_provider`` a span per statement (its readers' included)."""
     provider = meter_provider or metrics.get_meter_provider()
     observer = OtelObserver(pool, provider.get_meter("pgpool", __version__))
     pool.add_observer(observer)
+    if tracer_provider is not None:
+        tracer = tracer_provider.get_tracer("pgpool", __version__)
+        for member in (pool, *pool.readers):
+            member._metrics.tracer = OtelTracer(member, tracer)
     return observer

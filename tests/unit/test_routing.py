@@ -299,7 +299,7 @@ class StubReader:
     def recycle(self) -> None:
         self.recycled += 1
 
-    async def execute(self, sql: str, params: object = None, *, timeout: float | None = None):  # type: ignore[no-untyped-def]
+    async def probe(self, sql: str, timeout: float):  # type: ignore[no-untyped-def]
         assert sql == LAG_SQL
         from pgpool_core import QueryResult
 
@@ -467,7 +467,7 @@ async def test_between_samples_lag_is_held_at_its_upper_bound() -> None:
     async def saturated(*_args: object, **_kwargs: object) -> None:
         raise PoolTimeoutError("every connection busy")
 
-    busy.execute = saturated  # type: ignore[assignment,method-assign]
+    busy.probe = saturated  # type: ignore[assignment,method-assign]
     clock.now += 0.5
     await readers.sample(1.0)
     assert readers.pick() is busy  # at most 0.75 s behind
