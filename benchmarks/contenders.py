@@ -97,6 +97,44 @@ class Pgpool:
         await self.pool.stop()
 
 
+class _DropSpans:
+    """A span exporter that keeps nothing: the cost measured is making the spans."""
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class PgpoolSpans(Pgpool):
+    """pgpool with a span per statement (OpenTelemetry SDK, batch processor): the
+    tracing overhead, next to plain pgpool."""
+
+    name = "pgpool+spans"
+    needs: ClassVar[tuple[str, ...]] = ("pgpool_core", "opentelemetry.sdk")
+
+    async def open(self, url: str, size: int) -> None:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        from pgpool_core import otel
+
+        await super().open(url, size)
+        self.provider = TracerProvider()
+        self.provider.add_span_processor(BatchSpanProcessor(_DropSpans()))  # type: ignore[arg-type]
+        otel.instrument(self.pool, tracer_provider=self.provider)
+
+    async def close(self) -> None:
+        await super().close()
+        self.provider.shutdown()
+
+
 class PsycopgPool:
     """psycopg 3 (binary) with psycopg_pool: autocommit connections (no COMMIT after each
     W1/W2 statement, its best case), ``conn.transaction()`` for W3."""
@@ -217,6 +255,7 @@ class SprocketsPostgres:
 ALL: tuple[type[Any], ...] = (
     Aiopg,
     Pgpool,
+    PgpoolSpans,
     PsycopgPool,
     Asyncpg,
     AsyncpgNoReset,

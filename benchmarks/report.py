@@ -12,6 +12,7 @@ from typing import Any
 
 ORDER = (
     "pgpool",
+    "pgpool+spans",
     "aiopg",
     "psycopg_pool",
     "asyncpg",
@@ -165,6 +166,20 @@ def markdown(run: Report) -> str:
                 text = NONE if ratio is None else f"{ratio:.2f}"
                 cells.append(f"**{text}**" if name == "pgpool" else text)
             lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        traced = [
+            f"{key} {_paired(spans, plain):.2f}"
+            for key in _cells(results, loop)
+            if (spans := results.get((loop, key, "pgpool+spans")))
+            and (plain := results.get((loop, key, "pgpool")))
+        ]
+        if traced:
+            lines += [
+                "",
+                "Tracing: `pgpool+spans` is pgpool with a span per statement (OpenTelemetry SDK,"
+                " batch processor, spans dropped); its rate over plain pgpool's, paired: "
+                + "; ".join(traced)
+                + ".",
+            ]
         lines += ["", f"### Latency, fairness and CPU on {loop}", ""]
         lines.append(
             "| cell | contender | ops/s | p50 ms | p99 ms | p99/p50"

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ._bag import Slot
-from ._classify import ErrorKind, classify
+from ._classify import ErrorKind, classify, sqlstate
 from ._listener import (
     Listener,
     Notification,
@@ -22,6 +21,7 @@ from ._listener import (
     listener_connect,
     validate_channel,
 )
+from ._logs import fields, logger
 from ._redact import first_line
 from ._result import QueryResult
 from ._routing import WRITER_LSN_SQL, parse_lsn
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = ["QueryApi"]
 
-LOGGER = logging.getLogger("pgpool")
+LOGGER = logger("pool")
 
 _SERVING = (PoolState.OPEN, PoolState.RECONNECTING)
 
@@ -294,6 +294,7 @@ class QueryApi:
                 "pool %s: LISTEN through PgBouncer works in session pooling mode only;"
                 " in transaction mode notifications are lost",
                 self.name,
+                extra=fields(self.name, "listen_behind_pgbouncer"),
             )
         assert pool._connector is not None  # set by start()
         listener = Listener(
@@ -382,6 +383,7 @@ class QueryApi:
                     attempt + 1,
                     retries + 1,
                     delay,
+                    extra=fields(self.name, "transaction_retry", sqlstate=sqlstate(exc)),
                 )
             await pool._sleep(delay)
             attempt += 1

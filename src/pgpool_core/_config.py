@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import logging
 import math
 import os
 import re
@@ -17,6 +16,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+from ._logs import fields, logger
 from ._redact import redact_dsn, validate_url
 from .errors import SettingsError
 
@@ -81,7 +81,7 @@ _ENV_NAMES = frozenset(name for _, names in _KEYS.values() for name in names)
 #: Unknown keys already warned about (once per process each).
 _WARNED: set[str] = set()
 
-LOGGER = logging.getLogger("pgpool")
+LOGGER = logger("settings")
 
 _TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
 _FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
@@ -420,7 +420,9 @@ def _warn_once(key: str, kind: str, close: list[str]) -> None:
         return
     _WARNED.add(key)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    LOGGER.warning("unknown %s %r is ignored%s", kind, key, hint)
+    LOGGER.warning(
+        "unknown %s %r is ignored%s", kind, key, hint, extra=fields("", "unknown_setting")
+    )
 
 
 def _first(

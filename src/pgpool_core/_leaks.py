@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from ._logs import fields, logger
 from ._timers import DeadlineTimer
 
 __all__ = ["LeakDetector", "NoLeakDetector", "leak_detector"]
 
-LOGGER = logging.getLogger("pgpool")
+LOGGER = logger("leaks")
 
 # Frames from these directories are the pool's own, never a "holder" of a connection.
 _INTERNAL_DIRS = (os.path.dirname(__file__), os.path.dirname(contextlib.__file__))
@@ -67,6 +67,7 @@ class LeakDetector(NoLeakDetector):
             self._pool_name(),
             self._threshold,
             holder,
+            extra=fields(self._pool_name(), "leak_detected"),
         )
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 from ._connector import Connector, ListenerConnection, RawNotification
+from ._logs import fields, logger
 from ._redact import MASK, describe_error
 from ._retry import RetryPolicy
 from .errors import ConfigurationError, PoolClosedError, QueryParameterError, SettingsError
@@ -35,7 +36,7 @@ __all__ = [
     "validate_channel",
 ]
 
-LOGGER = logging.getLogger("pgpool")
+LOGGER = logger("listener")
 
 #: PostgreSQL's identifier limit (NAMEDATALEN - 1): a longer LISTEN name is cut by the
 #: server, and pg_notify() refuses one outright, so they would never meet.
@@ -346,6 +347,7 @@ class _Fanout:
             what,
             self._describe(exc),
             where,
+            extra=fields(self._name, "listener_callback_failed"),
         )
 
     async def close(self, timeout: float) -> None:
@@ -496,7 +498,10 @@ class Listener:
         except Exception as exc:
             reason = self._describe(exc)
             LOGGER.warning(
-                "listener %s: cannot connect (%s); retrying in the background", self.name, reason
+                "listener %s: cannot connect (%s); retrying in the background",
+                self.name,
+                reason,
+                extra=fields(self.name, "listener_connect_failed"),
             )
             session, loss = None, _Loss(started, reason)
             if self._phase is not _Phase.RUNNING:  # close() ran while this failed
@@ -512,6 +517,7 @@ class Listener:
                 "listener %s: stopped listening: %s",
                 self.name,
                 self._describe(task.exception()),  # type: ignore[arg-type]
+                extra=fields(self.name, "listener_stopped"),
             )
 
     async def listen(self, *channels: str) -> None:
@@ -576,7 +582,7 @@ class Listener:
             self._closing.set_result(None)
             if self._on_closed is not None:
                 self._on_closed(self)
-        LOGGER.info("listener %s: closed", self.name)
+        LOGGER.info("listener %s: closed", self.name, extra=fields(self.name, "listener_closed"))
 
     async def __aenter__(self) -> Listener:
         await self.start()
@@ -689,6 +695,7 @@ class Listener:
             self.name,
             restored - loss.since,
             loss.reason,
+            extra=fields(self.name, "listener_listening_again"),
         )
         self._fanout.publish(NotificationsMissed(loss.since, restored, loss.reason))
         return session
@@ -740,5 +747,10 @@ class Listener:
         self._deliver(session.conn.take_notifications(), alive=False)
         session.close()
         reason = self._describe(error) if error is not None else "connection closed"
-        LOGGER.warning("listener %s: connection lost (%s); reconnecting", self.name, reason)
+        LOGGER.warning(
+            "listener %s: connection lost (%s); reconnecting",
+            self.name,
+            reason,
+            extra=fields(self.name, "listener_connection_lost"),
+        )
         return _Loss(self._last_contact, reason)

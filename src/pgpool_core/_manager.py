@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -41,10 +40,12 @@ if TYPE_CHECKING:
 from ._api import QueryApi
 from ._bag import Bag, Slot
 from ._checkout import Checkout, NotStarted
+from ._classify import sqlstate
 from ._config import DISCARD_ALL, DISCARD_PGBOUNCER, PoolOptions, PoolSettings
 from ._connector import AiopgConnector, Connector, TxStatus, UrlSource
 from ._leaks import NoLeakDetector, leak_detector
 from ._listener import Listener
+from ._logs import fields, logger
 from ._members import ReaderSet
 from ._metrics import Health, PoolObserver, PoolStatus, Recorder
 from ._opening import Opener, reconnect
@@ -79,7 +80,7 @@ __all__ = [
     "PostgresConnector",
 ]
 
-LOGGER = logging.getLogger("pgpool")
+LOGGER = logger("pool")
 
 
 #: Bound on the round trip status() makes when it has to check.
@@ -466,7 +467,12 @@ class PoolManager(QueryApi):
         if recovered:
             self._state = transition(self._state, PoolState.OPEN)
             down, self._down_since = slot.created - (self._down_since or slot.created), None
-            LOGGER.info("pool %s: reconnected after %.3f s", self.name, down)
+            LOGGER.info(
+                "pool %s: reconnected after %.3f s",
+                self.name,
+                down,
+                extra=fields(self.name, "reconnected", role=self.role),
+            )
         if self._state is not PoolState.OPEN or not fresh:
             # Stopping; or a failover drain happened while connecting, and this connection
             # may have found the old primary: open another one instead.
@@ -490,6 +496,7 @@ class PoolManager(QueryApi):
                 "pool %s: cannot connect (%s); failing requests fast while reconnecting",
                 self.name,
                 self._health.last_error,
+                extra=fields(self.name, "reconnecting", role=self.role, sqlstate=sqlstate(exc)),
             )
         else:
             LOGGER.debug("pool %s: connect failed: %s", self.name, self._health.last_error)
@@ -559,6 +566,7 @@ class PoolManager(QueryApi):
             "pool %s: write on a read-only server (SQLSTATE 25006); reconnecting %d connection(s)",
             self.name,
             self._bag.open,
+            extra=fields(self.name, "failover_drain", role=self.role, sqlstate="25006"),
         )
         for old in retired:
             self._discard(old, bad=False)
@@ -628,6 +636,7 @@ class PoolManager(QueryApi):
                 "pool %s: resetting a returned connection failed (%s); closing it",
                 self.name,
                 self._opener.describe(exc),
+                extra=fields(self.name, "reset_failed", role=self.role, sqlstate=sqlstate(exc)),
             )
             return False
         conn = slot.conn
@@ -716,6 +725,7 @@ class PoolManager(QueryApi):
             self.name,
             settings.min_size,
             settings.max_size,
+            extra=fields(self.name, "resized", role=self.role),
         )
 
     # -- maintenance ----------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -15,9 +14,10 @@ from typing import Any
 import psycopg2
 
 from ._bag import Slot
-from ._classify import connection_died
+from ._classify import connection_died, sqlstate
 from ._config import PoolSettings
 from ._connector import DriverConnection, TxStatus
+from ._logs import fields, logger
 from ._metrics import Recorder
 from ._redact import first_line
 from ._result import QueryResult
@@ -45,7 +45,7 @@ __all__ = [
     "run_once",
 ]
 
-LOGGER = logging.getLogger("pgpool")
+LOGGER = logger("statements")
 
 OnError = Callable[[str, Exception], "Exception | None"]
 OnDuration = Callable[[str, float], None]
@@ -154,6 +154,7 @@ async def run_once(
         "idempotent statement %r: %s; running it again on another connection",
         metric_name,
         first_line(failure),
+        extra=fields("", "idempotent_retry", sqlstate=sqlstate(failure)),
     )
     return await run_once(
         tools,

@@ -4,7 +4,6 @@ and the runner that reports what happened on the server."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import re
 from asyncio import current_task
@@ -17,6 +16,7 @@ import psycopg2.extensions
 from ._bag import Slot
 from ._classify import sqlstate
 from ._connector import TxStatus
+from ._logs import fields, logger
 from ._metrics import Counters
 from ._result import QueryResult
 from ._returns import Canceller, consume
@@ -40,7 +40,7 @@ __all__ = [
     "interrupt",
 ]
 
-LOGGER = logging.getLogger("pgpool")
+LOGGER = logger("statements")
 
 #: SQLSTATE of a write on a read-only server: after a failover the pool talks to a standby.
 READ_ONLY_SQL_TRANSACTION = "25006"
@@ -117,6 +117,7 @@ class SessionStateWarnings:
                     " transaction may run on another server connection, without this state",
                     self._pool_name(),
                     kind,
+                    extra=fields(self._pool_name(), "session_state_behind_pgbouncer"),
                 )
 
 

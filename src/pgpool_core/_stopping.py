@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ._bag import Slot
+from ._logs import fields, logger
 from ._statements import Stopped, interrupt
 
 __all__ = ["OwnedTasks", "Shutdown", "StopDeadline"]
 
-LOGGER = logging.getLogger("pgpool")
+LOGGER = logger("pool")
 
 
 class OwnedTasks:
@@ -131,6 +131,7 @@ class Shutdown:
                 "pool %s: %d connection(s) still in use at stop; cancelling",
                 self._pool_name(),
                 len(self._busy),
+                extra=fields(self._pool_name(), "stop_cancelling"),
             )
             _abort_in_flight(self._busy)
             # The callers' own paths now cancel their statements server-side; give them

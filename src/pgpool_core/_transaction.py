@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._bag import Slot
 from ._classify import sqlstate
 from ._connector import DriverConnection, TxStatus
+from ._logs import logger
 from ._returns import consume
 from ._statements import Deadline, StatementRunner
 from ._timers import due
@@ -31,7 +31,7 @@ __all__ = [
     "resolve_xid",
 ]
 
-LOGGER = logging.getLogger("pgpool")
+LOGGER = logger("transaction")
 
 #: BEGIN, the transaction's id and the server's start time, in one round trip (the result is
 #: the SELECT's). Assigning the id up front is the cost of being able to ask

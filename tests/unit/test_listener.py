@@ -287,7 +287,8 @@ async def test_callback_exceptions_are_logged_and_delivery_goes_on(
     assert "on_notify raised ValueError: cannot reach postgresql://app:***@db/main" in caplog.text
     assert "on_missed raised RuntimeError: async boom" in caplog.text
     assert "s3cret" not in caplog.text
-    assert all(r.name == "pgpool" for r in caplog.records)
+    assert all(r.name == "pgpool.listener" for r in caplog.records)
+    assert "listener_callback_failed" in {getattr(r, "event", None) for r in caplog.records}
     await listener.close()
 
 
@@ -492,7 +493,7 @@ async def test_settings_are_checked(fake: FakeConnector, sleeps: Sleeps) -> None
 async def test_lost_connection_is_logged_without_secrets(
     fake: FakeConnector, sleeps: Sleeps, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The loss and the recovery are logged on "pgpool"; the reason masks passwords."""
+    """The loss and the recovery are logged under "pgpool"; the reason masks passwords."""
     caplog.set_level(logging.DEBUG, logger="pgpool")
     fake.failure = psycopg2.OperationalError("cannot connect: password=s3cret host=db")
     listener = make(fake, sleeps, "a")
