@@ -3,6 +3,7 @@ and the one recorder that bumps a counter and notifies observers in the same cal
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -17,6 +18,13 @@ __all__ = ["Counters", "Health", "PoolObserver", "PoolStatus", "Recorder"]
 RECENT_SUCCESS = 1.0
 
 
+#: sqlcommenter tags of the current context (the Tornado adapter sets ``controller``, the
+#: handler's class), added to those given to ``pgpool_core.otel.instrument``.
+comment_tags: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "pgpool_comment_tags", default=None
+)
+
+
 class StatementSpan(Protocol):
     """One caller's statement, traced: told when it got its connection and how it ended."""
 
@@ -29,6 +37,11 @@ class StatementTracer(Protocol):
     samples). ``sql`` is the statement as written, parameters apart."""
 
     def start(self, sql: str, metric_name: str) -> StatementSpan: ...
+
+    def text(self, sql: str, span: StatementSpan, params: object) -> str:
+        """The statement as sent (``sql``, or with a comment naming the span: see
+        ``sqlcommenter`` in :mod:`pgpool_core.otel`)."""
+        ...
 
 
 class PoolObserver(Protocol):

@@ -114,6 +114,7 @@ async def run_once(
     the same deadline; running it twice must be harmless, since it may have run."""
     tracer = tools.recorder.tracer if trace else None
     span = None if tracer is None else tracer.start(sql, metric_name)
+    sent = sql if span is None else tracer.text(sql, span, params)  # type: ignore[union-attr]
     clock = tools.clock
     try:
         asked = clock() if span is not None else 0.0
@@ -130,7 +131,7 @@ async def run_once(
         span.acquired(started - asked)
     failure: BaseException | None = None
     try:
-        result = await tools.runner.run(slot, sql, params, deadline, callproc=callproc)
+        result = await tools.runner.run(slot, sent, params, deadline, callproc=callproc)
     except BaseException as exc:
         failure = exc
         release(slot, broke(slot, exc))
@@ -408,6 +409,8 @@ class PostgresConnector:
         failure: BaseException | None = None
         tracer = tools.recorder.tracer
         span = None if tracer is None else tracer.start(sql, metric_name)
+        if span is not None:
+            sql = tracer.text(sql, span, params)  # type: ignore[union-attr]
         try:
             if self._begin is not None:
                 # The turn first: between reading the pending BEGIN and sending, no yield.

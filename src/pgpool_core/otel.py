@@ -33,7 +33,8 @@ request, of the request's.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import urllib.parse
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -43,9 +44,17 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from . import __version__
 from ._classify import sqlstate
 from ._manager import PoolManager
+from ._metrics import StatementSpan, comment_tags
 from ._redact import url_option
 
-__all__ = ["OtelObserver", "OtelTracer", "instrument", "span_name"]
+__all__ = [
+    "OtelObserver",
+    "OtelTracer",
+    "comment_tags",
+    "instrument",
+    "span_name",
+    "sql_comment",
+]
 
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
@@ -202,6 +211,10 @@ class _Span:
     def __init__(self, span: trace.Span) -> None:
         self._span = span
 
+    @property
+    def span(self) -> trace.Span:
+        return self._span
+
     def acquired(self, waited: float) -> None:
         self._span.add_event("pgpool.connection.acquired", {"pgpool.wait_time": waited})
 
@@ -216,12 +229,38 @@ class _Span:
         span.end()
 
 
+def sql_comment(span: trace.Span, tags: Mapping[str, str]) -> str:
+    """A sqlcommenter comment: the span's ``traceparent`` and ``tags``, keys sorted,
+    values URL-quoted as the spec says."""
+    context = span.get_span_context()
+    items = dict(tags)
+    if context.is_valid:
+        items["traceparent"] = (
+            f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+        )
+    body = ",".join(
+        f"{urllib.parse.quote(key, safe='')}='{urllib.parse.quote(str(value), safe='')}'"
+        for key, value in sorted(items.items())
+    )
+    return f"/*{body}*/" if body else ""
+
+
 class OtelTracer:
     """A :class:`~pgpool_core._metrics.StatementTracer` making OpenTelemetry spans for one
-    pool (a writer or one of its readers)."""
+    pool (a writer or one of its readers); with ``sqlcommenter`` each statement is sent
+    with a comment naming its span (and ``tags``)."""
 
-    def __init__(self, pool: PoolManager, tracer: trace.Tracer) -> None:
+    def __init__(
+        self,
+        pool: PoolManager,
+        tracer: trace.Tracer,
+        *,
+        sqlcommenter: bool = False,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
         self._tracer = tracer
+        self._commenter = sqlcommenter
+        self._tags = dict(tags or {})
         database = url_option(pool.settings.url, "dbname") or url_option(pool.settings.url, "user")
         self._attributes: dict[str, str | int] = {
             "db.system.name": "postgresql",
@@ -242,20 +281,42 @@ class OtelTracer:
             attributes["pgpool.metric_name"] = metric_name
         return _Span(self._tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attributes))
 
+    def text(self, sql: str, span: StatementSpan, params: object) -> str:
+        if not self._commenter or not isinstance(span, _Span):
+            return sql
+        extra = comment_tags.get()
+        comment = sql_comment(span.span, {**self._tags, **(extra or {})})
+        if not comment:
+            return sql
+        if params is not None:  # psycopg2 reads % in the text as a placeholder
+            comment = comment.replace("%", "%%")
+        return f"{sql.rstrip().rstrip(';')} {comment}"
+
 
 def instrument(
     pool: PoolManager,
     meter_provider: metrics.MeterProvider | None = None,
     *,
     tracer_provider: trace.TracerProvider | None = None,
+    sqlcommenter: bool = False,
+    comment: Mapping[str, str] | None = None,
 ) -> OtelObserver:
     """Record ``pool``'s metrics with ``meter_provider`` (default: the global one), and
-    with ``tracer_provider`` a span per statement (its readers' included)."""
+    with ``tracer_provider`` a span per statement (its readers' included).
+
+    ``sqlcommenter=True`` (off by default) sends each traced statement with a
+    `sqlcommenter <https://google.github.io/sqlcommenter/>`_ comment: its span's
+    ``traceparent`` and the tags ``comment`` (e.g. ``{"application": "shop"}``) plus those
+    of :data:`comment_tags` (the Tornado adapter sets ``controller``, the handler's class),
+    so ``pg_stat_activity`` and slow-query logs join to traces. A comment changes no
+    session state: safe behind PgBouncer. Parameter values never go into it."""
     provider = meter_provider or metrics.get_meter_provider()
     observer = OtelObserver(pool, provider.get_meter("pgpool", __version__))
     pool.add_observer(observer)
     if tracer_provider is not None:
         tracer = tracer_provider.get_tracer("pgpool", __version__)
         for member in (pool, *pool.readers):
-            member._metrics.tracer = OtelTracer(member, tracer)
+            member._metrics.tracer = OtelTracer(
+                member, tracer, sqlcommenter=sqlcommenter, tags=comment
+            )
     return observer

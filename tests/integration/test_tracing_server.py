@@ -4,6 +4,7 @@ server's address and database."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import urllib.parse
@@ -14,9 +15,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tornado import httpclient, httpserver, web
 
 import pgpool_tornado
-from pgpool_core import otel
+from pgpool_core import PoolManager, otel
+from pgpool_core.testing import PgBouncer, PostgresServer
 
-from db_support import database_of
+from db_support import database_of, wait_for_condition
 
 EXPORTER = InMemorySpanExporter()
 PROVIDER = TracerProvider()
@@ -67,3 +69,34 @@ async def test_statement_span_is_a_child_of_the_request_span(postgres_db_url: st
     assert attributes["server.port"] == urllib.parse.urlsplit(postgres_db_url).port
     assert attributes["db.query.text"] == "SELECT count(*) AS n FROM pg_class WHERE relname <> %s"
     assert "hidden" not in json.dumps(statement.to_json())
+
+
+async def test_sqlcommenter_joins_pg_stat_activity_to_the_trace(
+    postgres_db_url: str, postgres_server: PostgresServer, pgbouncer: PgBouncer
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    database = database_of(postgres_db_url)
+    for url, bouncer in ((postgres_db_url, False), (pgbouncer.url_for(postgres_db_url), True)):
+        async with PoolManager(url, pgbouncer=bouncer) as pool:
+            otel.instrument(pool, tracer_provider=provider, sqlcommenter=True)
+            running = asyncio.create_task(pool.execute("SELECT pg_sleep(%s)", [0.3]))
+
+            def seen() -> list[str]:
+                return [
+                    str(a["query"])
+                    for a in postgres_server.activity(database)
+                    if "pg_sleep" in str(a["query"])
+                ]
+
+            await wait_for_condition(lambda: bool(seen()))
+            [query] = seen()
+            await running
+        span = exporter.get_finished_spans()[-1]
+        context = span.get_span_context()
+        assert context is not None
+        assert (
+            f"traceparent='00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}'"
+            in query
+        )

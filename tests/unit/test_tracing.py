@@ -120,3 +120,39 @@ async def test_the_pools_own_probes_make_no_spans(
 )
 def test_span_names_never_guess(sql: str, name: str) -> None:
     assert span_name(sql)[0] == name
+
+
+async def test_sqlcommenter_names_the_span_in_the_statement_sent(
+    fake: FakeConnector, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    provider, exporter = spans
+    async with PoolManager(URL, connector=fake, min_size=0) as pool:
+        otel.instrument(
+            pool, tracer_provider=provider, sqlcommenter=True, comment={"application": "my shop"}
+        )
+        await pool.execute("SELECT 1;")
+        await pool.execute("SELECT %s", ["100%"])
+    first, second = exporter.get_finished_spans()
+    sent = [s for c in fake.connections for s in c.statements]
+    context = first.get_span_context()
+    assert context is not None
+    traceparent = (
+        f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+    )
+    assert sent[0] == f"SELECT 1 /*application='my%20shop',traceparent='{traceparent}'*/"
+    # With parameters, the comment's % are doubled: psycopg2 reads % as a placeholder.
+    assert sent[1].startswith("SELECT %s /*application='my%%20shop',traceparent='00-")
+    assert first.attributes is not None
+    assert first.attributes["db.query.text"] == "SELECT 1;"  # the span keeps the text as written
+    assert "100%" not in sent[1]
+    del second
+
+
+async def test_sqlcommenter_is_off_by_default(
+    fake: FakeConnector, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    provider, _exporter = spans
+    async with PoolManager(URL, connector=fake, min_size=0) as pool:
+        otel.instrument(pool, tracer_provider=provider)
+        await pool.execute("SELECT 1")
+    assert [s for c in fake.connections for s in c.statements] == ["SELECT 1"]

@@ -43,6 +43,7 @@ from pgpool_core import (
     sqlstate,
 )
 from pgpool_core._listener import validate_channel
+from pgpool_core._metrics import comment_tags
 from pgpool_core._probes import Probe, liveness, readiness, startup
 from pgpool_core._session import apply_on_error
 from pgpool_core._streams import DEFAULT_BATCH
@@ -473,8 +474,9 @@ class RequestHandlerMixin:
         task = asyncio.current_task()
         if task is None:
             return
-        if self._postgres_waiting is None:
+        if self._postgres_waiting is None:  # the request's first call: name it for traces
             self._postgres_waiting = {}
+            comment_tags.set({"controller": type(self).__name__, "framework": "tornado"})
         self._postgres_waiting[task] = self._postgres_waiting.get(task, 0) + 1
 
     def _postgres_waited(self, exc: BaseException | None) -> None:
