@@ -716,6 +716,7 @@ class PoolManager(QueryApi):
             pool.settings = dataclasses.replace(
                 pool.settings, min_size=settings.min_size, max_size=settings.max_size
             )
+            pool._canceller.resize(settings.max_size + 2)
             for slot in pool._bag.resize(settings.min_size, settings.max_size):
                 pool._discard(slot, bad=False)
             if pool._state.serving:

@@ -12,6 +12,7 @@ truthful: none takes a connection from the pool or sends a statement.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from ._state import PoolState
 if TYPE_CHECKING:
     from ._manager import PoolManager
 
-__all__ = ["Probe", "liveness", "readiness", "startup"]
+__all__ = ["Heartbeat", "Probe", "liveness", "readiness", "startup"]
 
 #: Loop lag above which the process counts as not alive (seconds).
 MAX_LOOP_LAG = 1.0
@@ -52,23 +53,64 @@ async def loop_lag() -> float:
     return time.perf_counter() - started
 
 
-async def liveness(max_lag: float = MAX_LOOP_LAG) -> Probe:
+class Heartbeat:
+    """Measures the event loop's lag continuously: a task that sleeps ``interval`` and
+    records how late it woke, keeping the last ``window`` seconds. A loop that stalled
+    between two probes shows here, where one measurement at probe time sees nothing."""
+
+    def __init__(self, interval: float = 0.25, window: float = 5.0) -> None:
+        self.interval = interval
+        self._late: collections.deque[float] = collections.deque(
+            maxlen=max(int(window / interval), 1)
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._beat(), name="pgpool-heartbeat"
+            )
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    @property
+    def worst(self) -> float:
+        """The largest lag seen in the window (seconds)."""
+        return max(self._late, default=0.0)
+
+    async def _beat(self) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(self.interval)
+            self._late.append(max(time.perf_counter() - started - self.interval, 0.0))
+
+
+async def liveness(max_lag: float = MAX_LOOP_LAG, heartbeat: Heartbeat | None = None) -> Probe:
+    """The loop's lag now, and with a running ``heartbeat`` the worst of its window."""
     lag = await loop_lag()
-    return Probe(
-        lag < max_lag, {"status": "ok" if lag < max_lag else "loop stalled", "loop_lag": lag}
-    )
+    if heartbeat is not None:
+        lag = max(lag, heartbeat.worst)
+    ok = lag < max_lag
+    return Probe(ok, {"status": "ok" if ok else "loop stalled", "loop_lag": lag})
 
 
 def _member(pool: PoolManager, grace: float) -> dict[str, Any]:
-    """One pool's readiness: serving, and why not."""
+    """One pool's readiness: whether it can serve now, and why not. Open connections
+    serve even while more cannot be opened (say, the server is at max_connections)."""
     stats = pool.stats()
     state = pool.state
+    connected = stats["pool_size"] > 0
     why = None
-    if state is PoolState.RECONNECTING:
+    if state is PoolState.RECONNECTING and not connected:
         down = pool.down_for()
         if down is None or down > grace:
             why = f"reconnecting for {down or 0:.1f} s ({pool.last_error or 'no connection yet'})"
-    elif state is not PoolState.OPEN:
+    elif state is PoolState.OPEN and not connected and not pool.is_available and pool.last_error:
+        why = f"no connection: {pool.last_error}"
+    elif state is not PoolState.OPEN and state is not PoolState.RECONNECTING:
         why = f"pool {state.value}"
     max_waiting = pool.settings.max_waiting
     if why is None and max_waiting and stats["requests_waiting"] >= max_waiting:
@@ -97,13 +139,13 @@ def readiness(
     if pool is None:
         return Probe(False, {"status": "no pool", "members": []})
     writer = _member(pool, grace)
-    if require_writable and writer["ready"]:
+    if require_writable:
+        # As the connections last reported it; None: no connection open, or a server that
+        # reports neither (PostgreSQL before 14): unknown, which is not read-only.
         read_only = pool.server_read_only()
-        if read_only is not False:
-            writer["ready"] = False
-            writer["why"] = (
-                "the server is read-only" if read_only else "writability unknown: no connection"
-            )
+        writer["writable"] = None if read_only is None else not read_only
+        if read_only and writer["ready"]:
+            writer["ready"], writer["why"] = False, "the server is read-only"
     members = [writer, *(_member(reader, grace) for reader in pool.readers)]
     ok = writer["ready"] and not draining
     status = "draining" if draining else ("ok" if ok else "unavailable")

@@ -28,6 +28,10 @@ class Canceller:
     past that :meth:`cancel` gives up at once and the caller closes the connection.
     """
 
+    def resize(self, max_threads: int) -> None:
+        """A new limit on cancel requests at once (the pool was resized)."""
+        self._max_threads = max_threads
+
     def __init__(self, bound: float, max_threads: int, name: str) -> None:
         self.bound = bound
         self._max_threads = max_threads

@@ -113,7 +113,7 @@ async def run_once(
     server after a failover) runs once more, on another connection, within what is left of
     the same deadline; running it twice must be harmless, since it may have run."""
     tracer = tools.recorder.tracer if trace else None
-    span = None if tracer is None else tracer.start(sql, metric_name)
+    span = None if tracer is None else tracer.start(_traced(sql, callproc), metric_name)
     sent = sql if span is None else tracer.text(sql, span, params)  # type: ignore[union-attr]
     clock = tools.clock
     try:
@@ -155,7 +155,7 @@ async def run_once(
         "idempotent statement %r: %s; running it again on another connection",
         metric_name,
         first_line(failure),
-        extra=fields("", "idempotent_retry", sqlstate=sqlstate(failure)),
+        extra=fields(tools.pool_name(), "idempotent_retry", sqlstate=sqlstate(failure)),
     )
     return await run_once(
         tools,
@@ -181,6 +181,7 @@ class SessionTools:
     committer: Committer
     recorder: Recorder
     resolve_commits: bool
+    pool_name: Callable[[], str]
 
     @classmethod
     def build(
@@ -216,7 +217,7 @@ class SessionTools:
             on_lost=on_lost,
             pool_name=pool_name,
         )
-        return cls(clock, runner, committer, recorder, settings.resolve_commits)
+        return cls(clock, runner, committer, recorder, settings.resolve_commits, pool_name)
 
 
 def local_settings(settings: Mapping[str, object] | None) -> tuple[tuple[str, str], ...]:
@@ -248,6 +249,11 @@ def local_settings(settings: Mapping[str, object] | None) -> tuple[tuple[str, st
             raise QueryParameterError(f"settings[{name!r}]: contains a NUL character")
         pairs.append((name, text))
     return tuple(pairs)
+
+
+def _traced(sql: str, callproc: bool) -> str:
+    """What a span shows of a statement: a function call as the driver sends it."""
+    return f"SELECT * FROM {sql}(...)" if callproc else sql
 
 
 def _one_statement(sql: str) -> bool:
@@ -408,7 +414,7 @@ class PostgresConnector:
         deadline = self._deadline.sooner(started, check_timeout(timeout))
         failure: BaseException | None = None
         tracer = tools.recorder.tracer
-        span = None if tracer is None else tracer.start(sql, metric_name)
+        span = None if tracer is None else tracer.start(_traced(sql, callproc), metric_name)
         if span is not None:
             sql = tracer.text(sql, span, params)  # type: ignore[union-attr]
         try:

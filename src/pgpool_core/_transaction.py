@@ -358,4 +358,7 @@ class Committer:
             "unknown" if xid is None else xid,
             outcome,
         )
+        # What the server did, for whoever catches the cancellation (an HTTP adapter
+        # whose client hung up): "committed", "rolled back" or "unknown".
+        cancelled.pgpool_outcome = outcome  # type: ignore[attr-defined]
         raise cancelled

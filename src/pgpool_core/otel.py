@@ -182,13 +182,42 @@ def _callback(observe: Any) -> Any:
     return callback
 
 
+_LITERALS = re.compile(
+    r"(?:[EeBbXxUu]&?)?'(?:[^']|'')*'"  # quoted strings, E'', B'', X'', U&''
+    r"|\$(?P<tag>[A-Za-z_]*)\$.*?\$(?P=tag)\$"  # dollar-quoted
+    r"|(?<![\w$])\d+(?:\.\d+)?(?:[eE][+-]?\d+)?(?![\w$])",  # numbers (not in names)
+    re.DOTALL,
+)
+
+
+def sanitize(sql: str) -> str:
+    """``sql`` with every literal replaced by ``?``: a password or a card number written
+    into the text never reaches a span. Placeholders (``%s``, ``%(name)s``) stay."""
+    return _LITERALS.sub("?", sql)
+
+
 _FIRST_WORD = re.compile(r"\s*([A-Za-z]+)")
 _TARGET = {
-    "SELECT": re.compile(r"\bFROM\s+([A-Za-z_][\w.]*)", re.IGNORECASE),
     "INSERT": re.compile(r"^\s*INSERT\s+INTO\s+([A-Za-z_][\w.]*)", re.IGNORECASE),
     "UPDATE": re.compile(r"^\s*UPDATE\s+(?:ONLY\s+)?([A-Za-z_][\w.]*)", re.IGNORECASE),
     "DELETE": re.compile(r"^\s*DELETE\s+FROM\s+(?:ONLY\s+)?([A-Za-z_][\w.]*)", re.IGNORECASE),
 }
+
+
+def _top_level_target(sql: str) -> str | None:
+    """The table after the first FROM outside parentheses and literals (``ONLY``
+    skipped), or None."""
+    text = _LITERALS.sub("?", sql)
+    depth = 0
+    for match in re.finditer(r"[()]|\bFROM\s+(?:ONLY\s+)?([A-Za-z_][\w.]*)", text, re.IGNORECASE):
+        token = match.group(0)
+        if token == "(":
+            depth += 1
+        elif token == ")":
+            depth -= 1
+        elif depth == 0:
+            return match.group(1)
+    return None
 
 
 def span_name(sql: str) -> tuple[str, str | None, str | None]:
@@ -198,11 +227,16 @@ def span_name(sql: str) -> tuple[str, str | None, str | None]:
     if first is None:
         return "postgresql", None, None
     operation = first.group(1).upper()
-    pattern = _TARGET.get(operation)
-    target = pattern.search(sql) if pattern is not None and ";" not in sql.rstrip("; \n") else None
-    if target is None:
+    target: str | None = None
+    if ";" not in sql.rstrip("; \n"):
+        if operation == "SELECT":
+            target = _top_level_target(sql)
+        elif operation in _TARGET:
+            found = _TARGET[operation].search(sql)
+            target = None if found is None else found.group(1)
+    if target is None or target.upper() == "ONLY":
         return operation, operation, None
-    return f"{operation} {target.group(1)}", operation, target.group(1)
+    return f"{operation} {target}", operation, target
 
 
 class _Span:
@@ -272,7 +306,7 @@ class OtelTracer:
 
     def start(self, sql: str, metric_name: str) -> _Span:
         name, operation, collection = span_name(sql)
-        attributes = {**self._attributes, "db.query.text": sql}
+        attributes = {**self._attributes, "db.query.text": sanitize(sql)}
         if operation is not None:
             attributes["db.operation.name"] = operation
         if collection is not None:
@@ -290,7 +324,8 @@ class OtelTracer:
             return sql
         if params is not None:  # psycopg2 reads % in the text as a placeholder
             comment = comment.replace("%", "%%")
-        return f"{sql.rstrip().rstrip(';')} {comment}"
+        # On a line of its own: a trailing "-- note" would swallow it otherwise.
+        return f"{sql.rstrip().rstrip(';')}\n{comment}"
 
 
 def instrument(

@@ -7,11 +7,21 @@ serve them as ``LivenessRequestHandler``, ``ReadinessRequestHandler`` and
 
 from __future__ import annotations
 
-from ._probes import MAX_LOOP_LAG, RECOVERY_GRACE, Probe, liveness, loop_lag, readiness, startup
+from ._probes import (
+    MAX_LOOP_LAG,
+    RECOVERY_GRACE,
+    Heartbeat,
+    Probe,
+    liveness,
+    loop_lag,
+    readiness,
+    startup,
+)
 
 __all__ = [
     "MAX_LOOP_LAG",
     "RECOVERY_GRACE",
+    "Heartbeat",
     "Probe",
     "liveness",
     "loop_lag",

@@ -97,6 +97,9 @@ class Application(ApplicationMixin, web.Application):
         self.errors_seen: list[tuple[str, str]] = []
         #: (hook, metric_name, seconds) from the timing conventions.
         self.timings: list[tuple[str, str, float]] = []
+        #: What CommitThenPublishHandler published after its commit, and its hang-ups.
+        self.published: list[str] = []
+        self.hung_up: list[bool] = []
 
 
 def statement_for(tag: str) -> str:
@@ -318,6 +321,20 @@ class StreamHandler(Handler):
         self.write({"total": total})
 
 
+class CommitThenPublishHandler(Handler):
+    """A transaction, then work that must follow a commit (publishing an event)."""
+
+    async def get(self) -> None:
+        async with self.postgres_transaction() as tx:
+            await tx.execute("INSERT INTO orders VALUES (1)")
+        self.application.published.append("order 1")
+        self.write({"ok": True})
+
+    def on_connection_close(self) -> None:
+        self.application.hung_up.append(True)
+        super().on_connection_close()
+
+
 ROUTES: list[Any] = [
     (r"/run/(\w+)", RunHandler),
     (r"/error-writer/run/(\w+)", ErrorWriterRunHandler),
@@ -339,6 +356,7 @@ ROUTES: list[Any] = [
     (r"/reads", ReadsHandler),
     (r"/retry", RetryHandler),
     (r"/stream", StreamHandler),
+    (r"/commit-then-publish", CommitThenPublishHandler),
     (r"/livez", pgpool_tornado.LivenessRequestHandler),
     (r"/readyz", pgpool_tornado.ReadinessRequestHandler),
     (r"/startupz", pgpool_tornado.StartupRequestHandler),
@@ -1489,3 +1507,25 @@ async def test_a_bad_shutdown_grace_is_refused_at_start(serve: Serve, fake: Fake
     with pytest.raises(SettingsError, match="postgres_shutdown_grace"):
         await s.app.postgres_start()
     assert fake.connections == []
+
+
+async def test_a_client_leaving_during_a_commit_that_succeeds_does_not_skip_what_follows(
+    serve: Serve, fake: FakeConnector
+) -> None:
+    """The server committed: the block succeeded, so the handler's next step runs; a
+    request that left before COMMIT would have been cancelled and rolled back."""
+    s = await serve()
+    commit = asyncio.Event()
+    fake.on("^COMMIT", gate=commit)
+    port = int(s.base.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /commit-then-publish HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    await until(lambda: s.statements()[-1:] == ["COMMIT"])
+    writer.close()
+    await writer.wait_closed()
+    del reader
+    await until(lambda: s.app.hung_up == [True])  # noticed while COMMIT is held
+    commit.set()
+    await until(lambda: s.app.published == ["order 1"])
+    await until(lambda: s.pool.in_use == 0)

@@ -117,3 +117,64 @@ async def test_reset_none_closes_a_connection_returned_busy_in_a_transaction(
     assert first.closed
     assert "ROLLBACK" not in first.statements  # nothing sent for it: reset is "none"
     assert second.statements == ["SELECT 1"]
+
+
+async def test_a_resized_pool_can_send_as_many_cancels_as_it_has_connections(
+    fake: FakeConnector,
+) -> None:
+    async with PoolManager(URL, connector=fake, min_size=0, max_size=1) as pool:
+        pool.resize(max_size=8)
+        assert pool._canceller._max_threads == 10  # max_size + 2, as at construction
+
+
+async def test_readiness_counts_open_connections_while_more_cannot_be_opened(
+    fake: FakeConnector,
+) -> None:
+    from pgpool_core.probes import readiness
+
+    async with PoolManager(URL, connector=fake, min_size=1, max_size=3) as pool:
+        await until(lambda: pool.stats()["pool_size"] == 1)
+        fake.fail_next = 100  # e.g. the server is at max_connections
+        held = asyncio.Event()
+        fake.on("^SELECT 'hold'", gate=held)
+        holder = asyncio.create_task(pool.execute("SELECT 'hold'"))
+        await until(lambda: pool.in_use == 1)
+        waiting = asyncio.create_task(pool.execute("SELECT 1", timeout=5))
+        await until(lambda: pool.state.value == "reconnecting")
+        probe = readiness(pool, grace=0)  # past any grace
+        assert probe.ok, probe.body  # the open connection still serves
+        held.set()
+        await asyncio.gather(holder, waiting, return_exceptions=True)
+
+
+async def test_readiness_unknown_writability_is_not_read_only(fake: FakeConnector) -> None:
+    from pgpool_core.probes import readiness
+
+    async with PoolManager(URL, connector=fake, min_size=1) as pool:
+        await until(lambda: pool.stats()["pool_size"] == 1)
+        probe = readiness(pool, require_writable=True)  # the fake reports nothing
+        assert probe.ok
+        assert probe.body["members"][0]["writable"] is None
+        fake.connections[0].read_only_server = True
+        probe = readiness(pool, require_writable=True)
+        assert not probe.ok
+        assert probe.body["members"][0]["why"] == "the server is read-only"
+
+
+async def test_the_heartbeat_sees_a_stall_between_probes() -> None:
+    import time as time_module
+
+    from pgpool_core.probes import Heartbeat, liveness
+
+    beat = Heartbeat(interval=0.05, window=5)
+    beat.start()
+    try:
+        await asyncio.sleep(0.06)
+        time_module.sleep(0.4)  # noqa: ASYNC251 - the loop stalls, deliberately
+        await until(lambda: beat.worst > 0.3)
+        probe = await liveness(max_lag=0.3, heartbeat=beat)
+        assert not probe.ok
+        assert probe.body["status"] == "loop stalled"
+        assert (await liveness(max_lag=0.3)).ok  # one measurement now sees nothing
+    finally:
+        beat.stop()

@@ -116,6 +116,9 @@ async def test_the_pools_own_probes_make_no_spans(
         ("WITH x AS (SELECT 1) SELECT * FROM x", "WITH"),
         ("SELECT * FROM a; DELETE FROM b", "SELECT"),
         ("  ", "postgresql"),
+        ("SELECT extract(year FROM created_at) FROM orders", "SELECT orders"),
+        ("SELECT * FROM ONLY orders", "SELECT orders"),
+        ("SELECT * FROM public.f(...)", "SELECT public.f"),
     ],
 )
 def test_span_names_never_guess(sql: str, name: str) -> None:
@@ -139,11 +142,12 @@ async def test_sqlcommenter_names_the_span_in_the_statement_sent(
     traceparent = (
         f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
     )
-    assert sent[0] == f"SELECT 1 /*application='my%20shop',traceparent='{traceparent}'*/"
+    assert sent[0] == f"SELECT 1\n/*application='my%20shop',traceparent='{traceparent}'*/"
     # With parameters, the comment's % are doubled: psycopg2 reads % as a placeholder.
-    assert sent[1].startswith("SELECT %s /*application='my%%20shop',traceparent='00-")
+    assert sent[1].startswith("SELECT %s\n/*application='my%%20shop',traceparent='00-")
     assert first.attributes is not None
-    assert first.attributes["db.query.text"] == "SELECT 1;"  # the span keeps the text as written
+    # The span keeps the text as written, literals replaced by ?.
+    assert first.attributes["db.query.text"] == "SELECT ?;"
     assert "100%" not in sent[1]
     del second
 
@@ -156,3 +160,33 @@ async def test_sqlcommenter_is_off_by_default(
         otel.instrument(pool, tracer_provider=provider)
         await pool.execute("SELECT 1")
     assert [s for c in fake.connections for s in c.statements] == ["SELECT 1"]
+
+
+@pytest.mark.parametrize(
+    ("sql", "shown"),
+    [
+        ("ALTER ROLE app PASSWORD 'hunter2'", "ALTER ROLE app PASSWORD ?"),
+        ("SELECT * FROM t WHERE card = 4111111111111111", "SELECT * FROM t WHERE card = ?"),
+        ("SELECT $$secret$$, E'it''s', t1.x FROM t1", "SELECT ?, ?, t1.x FROM t1"),
+        (
+            "SELECT * FROM t WHERE a = %s AND b = %(b)s",
+            "SELECT * FROM t WHERE a = %s AND b = %(b)s",
+        ),
+    ],
+)
+def test_literals_never_reach_a_span(sql: str, shown: str) -> None:
+    assert otel.sanitize(sql) == shown
+
+
+async def test_a_trailing_line_comment_does_not_swallow_the_sqlcomment(
+    fake: FakeConnector, spans: tuple[TracerProvider, InMemorySpanExporter]
+) -> None:
+    provider, _exporter = spans
+    async with PoolManager(URL, connector=fake, min_size=0) as pool:
+        otel.instrument(pool, tracer_provider=provider, sqlcommenter=True)
+        await pool.execute("SELECT 1 -- a note")
+        await pool.callproc("public.f", [1])
+    sent = [s for c in fake.connections for s in c.statements]
+    assert sent[0].startswith("SELECT 1 -- a note\n/*traceparent='00-")
+    names = [span.name for span in _exporter.get_finished_spans()]
+    assert names == ["SELECT", "SELECT public.f"]

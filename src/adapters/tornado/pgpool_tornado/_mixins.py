@@ -44,7 +44,7 @@ from pgpool_core import (
 )
 from pgpool_core._listener import validate_channel
 from pgpool_core._metrics import comment_tags
-from pgpool_core._probes import Probe, liveness, readiness, startup
+from pgpool_core._probes import Heartbeat, Probe, liveness, readiness, startup
 from pgpool_core._session import apply_on_error
 from pgpool_core._streams import DEFAULT_BATCH
 
@@ -230,6 +230,7 @@ class ApplicationMixin:
             prometheus.instrument(pool, self.settings.get("prometheus_registry") or _registry())
         await pool.start(wait=wait)
         self.postgres_pool = pool
+        self.postgres_heartbeat.start()
         missed = self.settings.get("postgres_listen_missed")
         for channel, on_notify in listen.items():
             await pool.listen(channel, on_notify=on_notify, on_missed=missed)
@@ -252,6 +253,15 @@ class ApplicationMixin:
             validate_channel(channel)
         return dict(listen)
 
+    @property
+    def postgres_heartbeat(self) -> Heartbeat:
+        """The event loop's lag, measured from :meth:`postgres_start` to
+        :meth:`postgres_stop` (for :class:`LivenessRequestHandler`)."""
+        heartbeat: Heartbeat | None = self.__dict__.get("_postgres_heartbeat")
+        if heartbeat is None:
+            heartbeat = self.__dict__["_postgres_heartbeat"] = Heartbeat()
+        return heartbeat
+
     #: True from the start of :meth:`postgres_stop`: :class:`ReadinessRequestHandler`
     #: answers 503 "draining" (see the setting ``postgres_shutdown_grace``).
     postgres_draining: bool = False
@@ -272,6 +282,7 @@ class ApplicationMixin:
             self.postgres_draining = True
             await asyncio.sleep(grace)
         self.postgres_draining = True
+        self.postgres_heartbeat.stop()
         await pool.stop(timeout)
         if self.postgres_pool is pool:
             self.postgres_pool = None
@@ -389,31 +400,45 @@ class _Waited:
     """A request's block on the database, watched for a client that hangs up (see
     :attr:`RequestHandlerMixin.postgres_cancel_on_disconnect`)."""
 
-    __slots__ = ("_block", "_handler")
+    __slots__ = ("_block", "_handler", "_task")
 
     def __init__(
         self, handler: RequestHandlerMixin, block: AbstractAsyncContextManager[PostgresConnector]
     ) -> None:
         self._handler = handler
         self._block = block
+        self._task: asyncio.Task[Any] | None = None
 
     async def __aenter__(self) -> PostgresConnector:
-        self._handler._postgres_wait()
+        self._task = self._handler._postgres_wait()
         try:
             return await self._block.__aenter__()
         except BaseException as exc:
-            self._handler._postgres_waited(exc)
+            self._handler._postgres_waited(self._task, exc)
             raise
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> None:
+        handler, task = self._handler, self._task
         try:
             await self._block.__aexit__(kind, exc, tb)
-        except BaseException as error:
-            self._handler._postgres_waited(error)
+        except asyncio.CancelledError as error:
+            if getattr(error, "pgpool_outcome", None) == "committed" and (
+                handler._postgres_disconnected
+            ):
+                # The client left while COMMIT ran, and the server committed: the block
+                # succeeded, so what follows it in the handler runs.
+                if task is not None and hasattr(task, "uncancel"):
+                    task.uncancel()
+                handler._postgres_waited(task, None)
+                return
+            handler._postgres_waited(task, error)
             raise
-        self._handler._postgres_waited(exc)
+        except BaseException as error:
+            handler._postgres_waited(task, error)
+            raise
+        handler._postgres_waited(task, exc)
 
 
 class _NoPool:
@@ -469,20 +494,22 @@ class RequestHandlerMixin:
             if not task.done():
                 task.cancel("the HTTP client disconnected")
 
-    def _postgres_wait(self) -> None:
-        """A database call of this request starts on the current task."""
+    def _postgres_wait(self) -> asyncio.Task[Any] | None:
+        """A database call of this request starts on the current task (returned: the call
+        ends with :meth:`_postgres_waited` on it, whichever task that runs in)."""
+        comment_tags.set({"controller": type(self).__name__, "framework": "tornado"})
         task = asyncio.current_task()
         if task is None:
-            return
-        if self._postgres_waiting is None:  # the request's first call: name it for traces
+            return None
+        if self._postgres_waiting is None:
             self._postgres_waiting = {}
-            comment_tags.set({"controller": type(self).__name__, "framework": "tornado"})
         self._postgres_waiting[task] = self._postgres_waiting.get(task, 0) + 1
+        return task
 
-    def _postgres_waited(self, exc: BaseException | None) -> None:
-        """It ended with ``exc``: a cancellation this mixin made for a client that hung up
-        becomes an ordinary 499 (the task goes on: nothing outside asked it to stop)."""
-        task = asyncio.current_task()
+    def _postgres_waited(self, task: asyncio.Task[Any] | None, exc: BaseException | None) -> None:
+        """The call made on ``task`` ended with ``exc``. A cancellation this mixin made for
+        a client that hung up becomes an ordinary 499, unless the server committed (see
+        ``_Waited``); the task goes on: nothing outside asked it to stop."""
         waiting = self._postgres_waiting
         if task is not None and waiting is not None and task in waiting:
             waiting[task] -= 1
@@ -491,6 +518,11 @@ class RequestHandlerMixin:
         if isinstance(exc, asyncio.CancelledError) and self._postgres_disconnected:
             if task is not None and hasattr(task, "uncancel"):  # Python 3.11+
                 task.uncancel()
+            outcome = getattr(exc, "pgpool_outcome", None)
+            if outcome is not None:
+                self.postgres_logger.warning(
+                    "client disconnected during COMMIT; the transaction %s", outcome
+                )
             raise web.HTTPError(499, reason="Client Closed Request") from None
 
     def _postgres_route(self, read_only: bool | None) -> tuple[bool, bool]:
@@ -575,7 +607,7 @@ class RequestHandlerMixin:
 
         reads, writer = self._postgres_route(read_only)
         run = pool.callproc if callproc else pool.execute
-        self._postgres_wait()
+        task = self._postgres_wait()
         try:
             result = await run(
                 sql,
@@ -589,9 +621,9 @@ class RequestHandlerMixin:
                 idempotent=idempotent,
             )
         except BaseException as exc:
-            self._postgres_waited(exc)
+            self._postgres_waited(task, exc)
             raise
-        self._postgres_waited(None)
+        self._postgres_waited(task, None)
         return None if swallowed else result
 
     def postgres_transaction(
@@ -672,19 +704,19 @@ class RequestHandlerMixin:
             read_only=reads,
             writer=writer,
         )
-        self._postgres_wait()
+        task = self._postgres_wait()
         try:
             async with stream as rows:
                 async for row in rows:
                     yield row
         except (psycopg2.Error, PoolError) as exc:
-            self._postgres_waited(exc)
+            self._postgres_waited(task, exc)
             apply_on_error(self.on_postgres_error, name, exc)
             return
         except BaseException as exc:
-            self._postgres_waited(exc)
+            self._postgres_waited(task, exc)
             raise
-        self._postgres_waited(None)
+        self._postgres_waited(task, None)
 
     async def postgres_run_transaction(
         self,
@@ -701,7 +733,7 @@ class RequestHandlerMixin:
         it: an outcome is never silenced)."""
         reads, writer = self._postgres_route(read_only)
         pool: PoolManager | None = self.application.postgres_pool
-        self._postgres_wait()
+        task = self._postgres_wait()
         try:
             if pool is None:
                 raise PoolClosedError("the PostgreSQL pool is not started")
@@ -715,17 +747,17 @@ class RequestHandlerMixin:
                 settings=settings,
             )
         except PoolClosedError as exc:
-            self._postgres_waited(exc)
+            self._postgres_waited(task, exc)
             apply_on_error(self.on_postgres_error, "postgres_connector", exc)
             raise
         except (psycopg2.Error, PoolError) as exc:
-            self._postgres_waited(exc)
+            self._postgres_waited(task, exc)
             apply_on_error(self.on_postgres_error, "postgres_transaction", exc)
             raise
         except BaseException as exc:
-            self._postgres_waited(exc)
+            self._postgres_waited(task, exc)
             raise
-        self._postgres_waited(None)
+        self._postgres_waited(task, None)
         return result
 
     def on_postgres_error(self, metric_name: str, exc: Exception) -> Exception | None:
@@ -850,7 +882,9 @@ class LivenessRequestHandler(_ProbeHandler):
     never depends on the database (an outage must not restart the pod)."""
 
     async def get(self, *_args: Any, **_kwargs: Any) -> None:
-        self.answer(await liveness())
+        application = self.application
+        beat = application.postgres_heartbeat if isinstance(application, ApplicationMixin) else None
+        self.answer(await liveness(heartbeat=beat))
 
 
 class ReadinessRequestHandler(_ProbeHandler):
