@@ -32,6 +32,7 @@ request, of the request's.
 
 from __future__ import annotations
 
+import functools
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
@@ -239,6 +240,13 @@ def span_name(sql: str) -> tuple[str, str | None, str | None]:
     return f"{operation} {target}", operation, target
 
 
+@functools.lru_cache(maxsize=1024)
+def _described(sql: str) -> tuple[str, str | None, str | None, str]:
+    """A statement's span name, operation, collection and sanitized text: an application
+    sends the same few statements over and over, so each is read once."""
+    return (*span_name(sql), sanitize(sql))
+
+
 class _Span:
     __slots__ = ("_span",)
 
@@ -305,8 +313,8 @@ class OtelTracer:
             self._attributes["db.namespace"] = database
 
     def start(self, sql: str, metric_name: str) -> _Span:
-        name, operation, collection = span_name(sql)
-        attributes = {**self._attributes, "db.query.text": sanitize(sql)}
+        name, operation, collection, text = _described(sql)
+        attributes = {**self._attributes, "db.query.text": text}
         if operation is not None:
             attributes["db.operation.name"] = operation
         if collection is not None:
