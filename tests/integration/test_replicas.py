@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import socket
-import subprocess
-import sys
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
@@ -30,7 +27,7 @@ from pgpool_core import PoolManager, PoolUnavailableError, sqlstate
 from pgpool_core.testing import PgBouncer, PostgresServer
 from pgpool_core.testing._replication import PostgresReplication
 
-from db_support import wait_for_condition
+from db_support import run_readme_example, wait_for_condition
 
 WHERE = "SELECT inet_server_port() AS port, pg_is_in_recovery() AS standby"
 
@@ -524,22 +521,4 @@ class TestSprocketsReplicas(sprockets_testing.SprocketsHttpTestCase):
 
 def test_readme_replicas_example_runs(tmp_path: Path) -> None:
     """The README's replicas example, as a user would run it: its own pytest run."""
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = text.split("<!-- replicas-example -->", 1)[1].split("<!-- /replicas-example -->")[0]
-    body = re.findall(r"```python\n(.*?)```", block, flags=re.DOTALL)[0]
-    first, code = body.split("\n", 1)
-    assert first == "# test_replicas_example.py"
-    (tmp_path / "test_replicas_example.py").write_text(code)
-    (tmp_path / "pytest.ini").write_text(
-        "[pytest]\nasyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 passed" in done.stdout
+    run_readme_example("replicas-example", "test_replicas_example.py", tmp_path)

@@ -5,9 +5,6 @@ or a callable; a reset that fails closes the connection."""
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +14,7 @@ import pytest
 from pgpool_core import PoolManager, PostgresConnector, QueryParameterError
 from pgpool_core.testing import PgBouncer, PostgresServer
 
-from db_support import database_of, wait_for_condition
+from db_support import database_of, run_readme_example, wait_for_condition
 
 TENANT = "SELECT current_setting('app.tenant_id', true) AS tenant, pg_backend_pid() AS pid"
 
@@ -138,22 +135,4 @@ async def test_transaction_settings_through_pgbouncer(
 
 def test_readme_beyond_example_runs(tmp_path: Path) -> None:
     """The README's listen/stream/settings/retry example, as a user would run it."""
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = text.split("<!-- beyond-example -->", 1)[1].split("<!-- /beyond-example -->")[0]
-    body = re.findall(r"```python\n(.*?)```", block, flags=re.DOTALL)[0]
-    first, code = body.split("\n", 1)
-    assert first == "# test_beyond_example.py"
-    (tmp_path / "test_beyond_example.py").write_text(code)
-    (tmp_path / "pytest.ini").write_text(
-        "[pytest]\nasyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 passed" in done.stdout
+    run_readme_example("beyond-example", "test_beyond_example.py", tmp_path)

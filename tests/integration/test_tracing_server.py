@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import socket
-import subprocess
-import sys
 import urllib.parse
 from pathlib import Path
 
@@ -22,7 +19,7 @@ import pgpool_tornado
 from pgpool_core import PoolManager, otel
 from pgpool_core.testing import PgBouncer, PostgresServer
 
-from db_support import database_of, wait_for_condition
+from db_support import database_of, run_readme_example, wait_for_condition
 
 EXPORTER = InMemorySpanExporter()
 PROVIDER = TracerProvider()
@@ -108,22 +105,4 @@ async def test_sqlcommenter_joins_pg_stat_activity_to_the_trace(
 
 def test_readme_production_example_runs(tmp_path: Path) -> None:
     """The README's probes/resize/spans example, as a user would run it."""
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = text.split("<!-- production-example -->", 1)[1].split("<!-- /production-example -->")[0]
-    body = re.findall(r"```python\n(.*?)```", block, flags=re.DOTALL)[0]
-    first, code = body.split("\n", 1)
-    assert first == "# test_production_example.py"
-    (tmp_path / "test_production_example.py").write_text(code)
-    (tmp_path / "pytest.ini").write_text(
-        "[pytest]\nasyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 passed" in done.stdout
+    run_readme_example("production-example", "test_production_example.py", tmp_path)
