@@ -34,7 +34,8 @@ from .errors import (
     TransactionUsageError,
 )
 
-__version__ = "0.1.0"
+#: The distribution's version (PEP 440), its one source: ``pyproject.toml`` reads it.
+__version__ = "0.3.0.dev0"
 
 __all__ = [
     "AiopgConnector",

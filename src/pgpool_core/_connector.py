@@ -64,7 +64,9 @@ class DriverConnection(Protocol):
     """One open database connection as the pool drives it."""
 
     @property
-    def closed(self) -> bool: ...
+    def closed(self) -> bool:
+        """Whether the connection is closed (by either side)."""
+        ...
 
     @property
     def handle(self) -> Any:
@@ -111,7 +113,9 @@ class DriverConnection(Protocol):
         """On the loop: capture what a cancel needs; the returned callable sends it
         (blocking, run it off the loop) and stays safe if the connection closes meanwhile."""
 
-    def transaction_status(self) -> TxStatus: ...
+    def transaction_status(self) -> TxStatus:
+        """libpq's transaction status of the connection (idle, in a transaction, ...)."""
+        ...
 
     def server_read_only(self) -> bool | None:
         """Whether the server says its sessions are read-only (``in_hot_standby`` or
@@ -190,7 +194,9 @@ class KeptFuture(asyncio.Future[None]):
 class Connector(Protocol):
     """Opens connections for the pool."""
 
-    async def connect(self, timeout: float) -> DriverConnection: ...
+    async def connect(self, timeout: float) -> DriverConnection:
+        """Open one connection, giving up after ``timeout`` seconds."""
+        ...
 
 
 class _PooledCursor:

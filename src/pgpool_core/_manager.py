@@ -199,6 +199,7 @@ class PoolManager(QueryApi):
             pool._metrics.add(observer)
 
     def remove_observer(self, observer: PoolObserver) -> None:
+        """Stop reporting to ``observer`` (added by :meth:`add_observer`), readers too."""
         for pool in (self, *self.readers):
             pool._metrics.remove(observer)
 
@@ -241,6 +242,7 @@ class PoolManager(QueryApi):
 
     @property
     def state(self) -> PoolState:
+        """Where the pool is in its life (:class:`~pgpool_core.PoolState`)."""
         return self._state
 
     async def start(self, *, wait: bool = False, timeout: float | None = None) -> None:

@@ -143,6 +143,7 @@ class PoolStatus:
         )
 
     def as_dict(self) -> dict[str, Any]:
+        """Plain data for JSON (``/status``): every field, counters and readers included."""
         data = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         data["counters"] = dict(self.counters)
         data["readers"] = [reader.as_dict() for reader in self.readers]

@@ -40,6 +40,7 @@ class Probe:
 
     @property
     def status(self) -> int:
+        """The HTTP status a probe handler answers: 200 when ``ok``, else 503."""
         return 200 if self.ok else 503
 
 
@@ -66,12 +67,14 @@ class Heartbeat:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        """Start beating on the running loop (idempotent)."""
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
                 self._beat(), name="pgpool-heartbeat"
             )
 
     def stop(self) -> None:
+        """Stop beating (idempotent)."""
         if self._task is not None:
             self._task.cancel()
             self._task = None

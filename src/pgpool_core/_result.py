@@ -42,6 +42,8 @@ class QueryResult:
     def from_cursor(
         cls, names: Sequence[str] | None, tuples: Sequence[Sequence[Any]], row_count: int
     ) -> QueryResult:
+        """A result from a cursor's column ``names`` (None: no result set), its ``tuples``
+        and its ``row_count``, rows turned into dicts."""
         result = cls.__new__(cls)  # the hot path: no argument juggling
         if names is None:
             result._row_count, result._rows = max(row_count, 0), []
@@ -53,14 +55,17 @@ class QueryResult:
 
     @property
     def row_count(self) -> int:
+        """Rows returned, or affected by a statement that returns none."""
         return self._row_count
 
     @property
     def row(self) -> dict[str, Any] | None:
+        """The only row, or None unless exactly one row was returned."""
         return self._rows[0] if len(self._rows) == 1 else None
 
     @property
     def rows(self) -> list[dict[str, Any]]:
+        """Every row, as a dict of column name to value."""
         return self._rows
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -333,7 +333,7 @@ class PostgresConnector:
 
         An escape hatch: what runs on it bypasses the pool (no server-side cancel at the
         deadline, since aiopg closes the connection on its own timeout; no hooks, metrics
-        or transaction checks). Prefer :meth:`execute`.
+        or transaction checks). Prefer :meth:`~pgpool_core.PostgresConnector.execute`.
 
         .. versionadded:: 0.2
         """
@@ -364,6 +364,10 @@ class PostgresConnector:
         *,
         timeout: float | None = None,
     ) -> QueryResult:
+        """Run ``sql`` with ``parameters`` on this connector's connection (in its
+        transaction, when in one), bounded by ``timeout`` and the connector's deadline;
+        ``metric_name`` names it to the ``on_error`` / ``on_duration`` hooks. As
+        :meth:`PoolManager.execute <pgpool_core.PoolManager.execute>`, without routing."""
         return await self._call(sql, parameters, metric_name, timeout, callproc=False)
 
     def stream(
@@ -403,6 +407,8 @@ class PostgresConnector:
         *,
         timeout: float | None = None,
     ) -> QueryResult:
+        """Call the stored function ``name`` (``SELECT * FROM name(parameters)``); like
+        :meth:`execute`."""
         return await self._call(name, parameters, metric_name, timeout, callproc=True)
 
     async def _call(

@@ -350,9 +350,10 @@ def instrument(
     ``sqlcommenter=True`` (off by default) sends each traced statement with a
     `sqlcommenter <https://google.github.io/sqlcommenter/>`_ comment: its span's
     ``traceparent`` and the tags ``comment`` (e.g. ``{"application": "shop"}``) plus those
-    of :data:`comment_tags` (the Tornado adapter sets ``controller``, the handler's class),
-    so ``pg_stat_activity`` and slow-query logs join to traces. A comment changes no
-    session state: safe behind PgBouncer. Parameter values never go into it."""
+    of :data:`~pgpool_core.otel.comment_tags` (the Tornado adapter sets ``controller``,
+    the handler's class), so ``pg_stat_activity`` and slow-query logs join to traces. A
+    comment changes no session state: safe behind PgBouncer. Parameter values never go
+    into it."""
     provider = meter_provider or metrics.get_meter_provider()
     observer = OtelObserver(pool, provider.get_meter("pgpool", __version__))
     pool.add_observer(observer)

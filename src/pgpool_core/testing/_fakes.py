@@ -68,12 +68,14 @@ class FakeConnector:
         return script
 
     def script_for(self, sql: str) -> Script | None:
+        """The latest script whose pattern ``sql`` matches (case-insensitive), or None."""
         for script in reversed(self.scripts):
             if re.search(script.pattern, sql, re.IGNORECASE):
                 return script
         return None
 
     async def connect(self, timeout: float) -> FakeConnection:
+        """Open a :class:`FakeConnection` (or fail, hang or wait, as configured)."""
         self.attempts += 1
         if self.hang:
             await asyncio.wait_for(asyncio.Event().wait(), timeout)
@@ -88,6 +90,7 @@ class FakeConnector:
 
     @property
     def open_connections(self) -> list[FakeConnection]:
+        """The connections opened and not closed yet."""
         return [c for c in self.connections if not c.closed]
 
     def notify(self, channel: str, payload: str = "", pid: int = 1) -> int:
@@ -289,7 +292,7 @@ class FakeConnection:
         self, message: str = "terminating connection due to administrator command"
     ) -> None:
         """The server ends this session (``pg_terminate_backend``, a restart): a running
-        statement fails, the reader fires, :meth:`failure` tells ``FATAL: message``."""
+        statement fails, the reader fires, ``failure()`` tells ``FATAL: message``."""
         if self.closed:
             return
         self._failure = psycopg2.OperationalError(f"FATAL: {message}")

@@ -141,10 +141,12 @@ admin_users = postgres
             process.wait(10)
 
     def restart(self) -> None:
+        """:meth:`stop`, then :meth:`start`: client connections are cut."""
         self.stop()
         self.start()
 
     def close(self) -> None:
+        """Stop and remove its files. Idempotent."""
         self.stop()
         shutil.rmtree(self.base, ignore_errors=True)
 

@@ -29,6 +29,8 @@ _CONTROL_TIMEOUT = 10.0
 
 
 class ProxyMode(enum.Enum):
+    """What a :class:`TcpProxy` does with traffic."""
+
     PASS = "pass"
     #: Accept connections but forward nothing either way and never answer: a network
     #: partition as the client sees it (timeouts, never errors).
@@ -86,6 +88,7 @@ class TcpProxy:
     # -- control (any thread) --------------------------------------------------------------
 
     def start(self) -> TcpProxy:
+        """Start listening (its own thread and event loop); returns the proxy. Idempotent."""
         if not self._started:
             self._thread.start()
             self._started = True
@@ -133,6 +136,7 @@ class TcpProxy:
 
     @property
     def open_links(self) -> int:
+        """How many client connections the proxy holds open."""
         return len(self._links)
 
     def _call(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -83,6 +83,7 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
+        """A libpq URL of a password-less superuser on this server."""
         return self._backend.url
 
     @property
@@ -125,10 +126,12 @@ class PostgresServer:
         _wait_until_accepting(self.url, STARTUP_TIMEOUT)
 
     def restart(self, mode: str = "fast") -> None:
+        """:meth:`stop` in ``mode``, then :meth:`start`: every connection is cut."""
         self.stop(mode)
         self.start()
 
     def is_running(self) -> bool:
+        """Whether the server process is up."""
         return self._backend.is_running()
 
     def close(self) -> None:

@@ -154,15 +154,33 @@ _UPSTREAM_CHAIN: tuple[tuple[str, type[BaseException] | tuple[type[BaseException
 #: Values of the ``postgres_error_format`` application setting.
 ERROR_FORMATS = ("problem+json", "sprockets-postgres")
 
-#: The application settings this adapter reads itself (beside the pool's ``postgres_*``).
-ADAPTER_SETTINGS = (
-    "postgres_error_format",
-    "postgres_prometheus",
-    "postgres_listen",
-    "postgres_listen_missed",
-    "postgres_shutdown_grace",
-    "postgres_ready_writable",
-)
+#: The application settings this adapter reads itself (beside the pool's ``postgres_*``),
+#: each with what it does (the settings reference is generated from this).
+ADAPTER_SETTINGS: dict[str, str] = {
+    "postgres_error_format": (
+        "``problem+json`` (default): errors answer as ``application/problem+json`` with"
+        " ``status``, ``title``, ``sqlstate``; ``sprockets-postgres``: as sprockets-postgres"
+        " 1.8.1 answered (its statuses, titles and HTML)."
+    ),
+    "postgres_prometheus": (
+        "true: export the pool's metrics on ``prometheus_registry`` (default: the global"
+        " registry) for :class:`~pgpool_tornado.MetricsRequestHandler`."
+    ),
+    "postgres_listen": (
+        "``{channel: on_notify}``: LISTEN on each channel from the pool's start to its stop."
+    ),
+    "postgres_listen_missed": (
+        "a callable given each ``NotificationsMissed`` of the ``postgres_listen`` channels."
+    ),
+    "postgres_shutdown_grace": (
+        "seconds (0 to 3600, default 0) that ``postgres_stop()`` keeps serving while"
+        " readiness answers 503 draining, before it stops the pool."
+    ),
+    "postgres_ready_writable": (
+        "true: readiness also fails while the writer's server reports itself read-only"
+        " (default false)."
+    ),
+}
 
 
 class PostgresHTTPError(web.HTTPError):
@@ -466,8 +484,8 @@ class RequestHandlerMixin:
     """
 
     application: Any
-    #: Where :meth:`on_postgres_error` logs (``pgpool_sprockets`` uses upstream's
-    #: ``sprockets-postgres`` logger).
+    #: Where :meth:`~pgpool_tornado.RequestHandlerMixin.on_postgres_error` logs
+    #: (``pgpool_sprockets`` uses upstream's ``sprockets-postgres`` logger).
     postgres_logger: logging.Logger = LOGGER
     #: The default of ``read_only`` for this handler's calls (e.g. True on a handler
     #: that only reads). Read-your-writes: once the request has made a call that is not
