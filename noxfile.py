@@ -88,6 +88,28 @@ def package(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """Build the documentation into docs/_build/html (warnings are errors, every
+    cross-reference must resolve, no network), then open the built site in headless
+    Chromium and check the pages a reader needs first (docs/_check)."""
+    session.install("-e", ".[docs]")
+    site = os.path.join("docs", "_build", "html")
+    session.run(
+        "sphinx-build", "-W", "--keep-going", "-n", "-E", "-q", "-b", "html", "docs", site
+    )
+    session.run(
+        "pytest",
+        "docs/_check",
+        "-p",
+        "no:cacheprovider",
+        env={
+            "PGPOOL_DOCS_SITE": site,
+            "PGPOOL_DOCS_SCREENSHOT": os.path.join(session.create_tmp(), "index.png"),
+        },
+    )
+
+
+@nox.session(python="3.11")
 def demo(session: nox.Session) -> None:
     """The demo service on http://127.0.0.1:8000 (a throwaway PostgreSQL unless
     POSTGRES_URL is set). Ctrl-C stops it and removes the throwaway server."""
