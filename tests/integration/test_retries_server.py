@@ -126,3 +126,8 @@ async def test_terminated_backend_under_an_idempotent_read_is_invisible(
     postgres_server.query("SELECT pg_terminate_backend(%s)", [victim])
     with pytest.raises(psycopg2.OperationalError):
         await plain
+    # And on the server: it was not sent again, its backend is gone, nothing is left open.
+    activity = postgres_server.activity(database)
+    assert victim not in [a["pid"] for a in activity]
+    assert not [a for a in activity if "1 AS one" in (a["query"] or "") and a["state"] != "idle"]
+    assert all(a["xact_start"] is None for a in activity)

@@ -84,8 +84,11 @@ async def test_a_stream_inside_the_callers_transaction(pool: PoolManager) -> Non
     assert (await pool.execute("SELECT count(*) AS c FROM items")).row == {"c": 51}
 
 
-async def test_timeout_bounds_each_statement_not_the_stream(pool: PoolManager) -> None:
-    """A consumer slower than ``timeout`` overall is fine; one statement slower is not."""
+async def test_timeout_bounds_each_statement_not_the_stream(
+    pool: PoolManager, postgres_server: PostgresServer, postgres_db_url: str
+) -> None:
+    """A consumer slower than ``timeout`` overall is fine; one statement slower is not,
+    and the server is left with no running FETCH and no open transaction."""
     seen = 0
     async for _row in pool.stream("SELECT n FROM generate_series(1, 4) AS n", batch=1, timeout=0.5):
         seen += 1
@@ -96,6 +99,10 @@ async def test_timeout_bounds_each_statement_not_the_stream(pool: PoolManager) -
             pass
     # The timed-out FETCH is cancelled and rolled back in the background, then released.
     await wait_for_condition(lambda: pool.in_use == 0)
+    database = database_of(postgres_db_url)
+    await wait_for_condition(lambda: settled(postgres_server, database))
+    assert not [a for a in postgres_server.activity(database) if "pg_sleep" in a["query"]]
+    assert all(a["xact_start"] is None for a in postgres_server.activity(database))
 
 
 async def test_streaming_through_pgbouncer(pgbouncer: PgBouncer, postgres_db_url: str) -> None:
