@@ -1,5 +1,5 @@
-"""The demo service as a newcomer runs it: the README's curl lines answer, Ctrl-C stops it
-cleanly and removes its throwaway PostgreSQL."""
+"""The demo service as a newcomer runs it: the curl lines of the getting-started page
+answer, Ctrl-C stops it cleanly and removes its throwaway PostgreSQL."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from pgpool_core.testing._server import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def readme_curl_lines() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+def documented_curl_lines() -> list[str]:
+    text = (ROOT / "docs" / "getting-started.md").read_text()
     block = text.split("<!-- demo-curl", 1)[1].split("<!-- /demo-curl -->", 1)[0]
     return [line for line in block.splitlines() if line.startswith("curl ")]
 
@@ -43,8 +43,8 @@ def wait_for_line(process: subprocess.Popen[str], pattern: str, timeout: float) 
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="uses SIGINT")
-def test_readme_curl_examples_against_the_demo_then_ctrl_c(postgres_server: object) -> None:
-    """Starts demo/service.py with no POSTGRES_URL, runs every README curl line, then
+def test_documented_curl_examples_against_the_demo_then_ctrl_c(postgres_server: object) -> None:
+    """Starts demo/service.py with no POSTGRES_URL, runs every documented curl line, then
     SIGINT: exit 0 within 10 s and the throwaway server's directory is gone."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "POSTGRES_URL"}
@@ -64,7 +64,7 @@ def test_readme_curl_examples_against_the_demo_then_ctrl_c(postgres_server: obje
         wait_for_line(process, r"serving on http://127\.0\.0\.1:\d+ on uvloop", 10)
         wait_for_line(process, r"schema ready", 10)  # created by an on_start callback
         outputs = []
-        for line in readme_curl_lines():
+        for line in documented_curl_lines():
             command = shlex.split(line.replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
             done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=10)
             assert done.returncode == 0, (line, done.stderr)

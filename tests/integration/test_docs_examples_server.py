@@ -93,7 +93,7 @@ def _sources(directory: Path) -> str:
 @pytest.mark.parametrize("script", _scripts(), ids=_name)
 def test_example_script_runs(script: Path, postgres_db_url: str, tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, str(script)],
+        [sys.executable, "-W", "error", str(script)],
         cwd=tmp_path,
         env={**_env(), "POSTGRES_URL": postgres_db_url},
         capture_output=True,
@@ -103,3 +103,22 @@ def test_example_script_runs(script: Path, postgres_db_url: str, tmp_path: Path)
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stderr == "", done.stderr
+
+
+def test_the_readme_example_runs(postgres_db_url: str, tmp_path: Path) -> None:
+    """The README's one example, run as the script it is, prints what its comment says."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("<!-- readme-example", 1)[1].split("<!-- /readme-example -->", 1)[0]
+    [code] = re.findall(r"```python\n(.*?)```", block, flags=re.DOTALL)
+    (tmp_path / "example.py").write_text(code)
+    done = subprocess.run(
+        [sys.executable, "-W", "error", str(tmp_path / "example.py")],
+        cwd=tmp_path,
+        env={**_env(), "POSTGRES_URL": postgres_db_url},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout == "{'name': 'apple'}\n"

@@ -12,7 +12,6 @@ import socket
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import psycopg2.errors
@@ -27,7 +26,7 @@ from pgpool_core import PoolManager, PoolUnavailableError, sqlstate
 from pgpool_core.testing import PgBouncer, PostgresServer
 from pgpool_core.testing._replication import PostgresReplication
 
-from db_support import run_readme_example, wait_for_condition
+from db_support import wait_for_condition
 
 WHERE = "SELECT inet_server_port() AS port, pg_is_in_recovery() AS standby"
 
@@ -514,11 +513,3 @@ class TestSprocketsReplicas(sprockets_testing.SprocketsHttpTestCase):
         assert got["read"] == {"port": port_of(self.rep.standby), "standby": True}
         posted = json.loads(self.fetch("/where", method="POST", body="").body)
         assert posted["read"] == {"n": 1, "port": port_of(self.rep.primary)}
-
-
-# -- the README's example -------------------------------------------------------------------
-
-
-def test_readme_replicas_example_runs(tmp_path: Path) -> None:
-    """The README's replicas example, as a user would run it: its own pytest run."""
-    run_readme_example("replicas-example", "test_replicas_example.py", tmp_path)

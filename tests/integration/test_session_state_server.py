@@ -6,7 +6,6 @@ or a callable; a reset that fails closes the connection."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from pgpool_core import PoolManager, PostgresConnector, QueryParameterError
 from pgpool_core.testing import PgBouncer, PostgresServer
 
-from db_support import database_of, run_readme_example, wait_for_condition
+from db_support import database_of, wait_for_condition
 
 TENANT = "SELECT current_setting('app.tenant_id', true) AS tenant, pg_backend_pid() AS pid"
 
@@ -131,8 +130,3 @@ async def test_transaction_settings_through_pgbouncer(
     assert after is not None
     assert inside["tenant"] == "5"
     assert after["tenant"] in (None, "")
-
-
-def test_readme_beyond_example_runs(tmp_path: Path) -> None:
-    """The README's listen/stream/settings/retry example, as a user would run it."""
-    run_readme_example("beyond-example", "test_beyond_example.py", tmp_path)

@@ -8,7 +8,6 @@ import asyncio
 import json
 import socket
 import urllib.parse
-from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -19,7 +18,7 @@ import pgpool_tornado
 from pgpool_core import PoolManager, otel
 from pgpool_core.testing import PgBouncer, PostgresServer
 
-from db_support import database_of, run_readme_example, wait_for_condition
+from db_support import database_of, wait_for_condition
 
 EXPORTER = InMemorySpanExporter()
 PROVIDER = TracerProvider()
@@ -101,8 +100,3 @@ async def test_sqlcommenter_joins_pg_stat_activity_to_the_trace(
             f"traceparent='00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}'"
             in query
         )
-
-
-def test_readme_production_example_runs(tmp_path: Path) -> None:
-    """The README's probes/resize/spans example, as a user would run it."""
-    run_readme_example("production-example", "test_production_example.py", tmp_path)
