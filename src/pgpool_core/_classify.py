@@ -26,7 +26,10 @@ __all__ = ["ErrorKind", "classify", "connection_died", "sqlstate"]
 
 
 class ErrorKind(enum.Enum):
-    """Failure kinds, each with whether retrying later may help."""
+    """Failure kinds, each with whether retrying later may help.
+
+    .. versionadded:: 0.1
+    """
 
     #: A working connection could not be had or was lost mid-statement (SQLSTATE class 08).
     CONNECTION_FAILURE = "connection_failure"
@@ -78,7 +81,10 @@ _BY_SQLSTATE = {
 
 
 def sqlstate(exc: BaseException) -> str | None:
-    """The SQLSTATE of a driver error (also through a pgpool error's cause), else None."""
+    """The SQLSTATE of a driver error (also through a pgpool error's cause), else None.
+
+    .. versionadded:: 0.1
+    """
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, psycopg2.Error):
@@ -129,6 +135,8 @@ def classify(exc: BaseException) -> ErrorKind:
 
     >>> classify(PoolTimeoutError("busy"))
     <ErrorKind.POOL_EXHAUSTED: 'pool_exhausted'>
+
+    .. versionadded:: 0.1
     """
     if isinstance(exc, TransactionRolledBackError):
         first = exc.first_error

@@ -48,7 +48,12 @@ __all__ = [
 
 
 class TxStatus(enum.IntEnum):
-    """libpq transaction status, as psycopg2 reports it."""
+    """libpq transaction status, as psycopg2 reports it.
+
+    .. versionadded:: 0.1
+
+    .. versionadded:: 0.1
+    """
 
     IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
     ACTIVE = psycopg2.extensions.TRANSACTION_STATUS_ACTIVE
@@ -61,7 +66,12 @@ _TX_STATUS: dict[int, TxStatus] = {status.value: status for status in TxStatus}
 
 
 class DriverConnection(Protocol):
-    """One open database connection as the pool drives it."""
+    """One open database connection as the pool drives it.
+
+    .. versionadded:: 0.1
+
+    .. versionadded:: 0.1
+    """
 
     @property
     def closed(self) -> bool:
@@ -192,7 +202,12 @@ class KeptFuture(asyncio.Future[None]):
 
 
 class Connector(Protocol):
-    """Opens connections for the pool."""
+    """Opens connections for the pool.
+
+    .. versionadded:: 0.1
+
+    .. versionadded:: 0.1
+    """
 
     async def connect(self, timeout: float) -> DriverConnection:
         """Open one connection, giving up after ``timeout`` seconds."""
@@ -502,6 +517,10 @@ class AiopgConnector:
     hosts of a multi-host URL one by one, each bounded by ``timeout`` (libpq's async
     connect has no per-host deadline of its own). ``target_session_attrs`` is checked by
     libpq on each host; ``prefer-standby`` takes a second pass accepting any server.
+
+    .. versionadded:: 0.1
+
+    .. versionadded:: 0.1
     """
 
     def __init__(

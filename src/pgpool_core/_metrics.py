@@ -107,6 +107,8 @@ class PoolStatus:
     readers lists their statuses in ``readers``, each with its replay ``lag`` (seconds, from
     the latest sample; None before one) and why it gets no reads (``excluded``, None when
     it is fit).
+
+    .. versionadded:: 0.1
     """
 
     state: str

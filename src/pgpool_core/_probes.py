@@ -33,7 +33,10 @@ RECOVERY_GRACE = 5.0
 
 @dataclass(frozen=True)
 class Probe:
-    """A probe's answer: ``ok`` (HTTP 200, else 503) and a JSON-able body saying why."""
+    """A probe's answer: ``ok`` (HTTP 200, else 503) and a JSON-able body saying why.
+
+    .. versionadded:: 0.3
+    """
 
     ok: bool
     body: dict[str, Any] = field(default_factory=dict)
@@ -45,7 +48,10 @@ class Probe:
 
 
 async def loop_lag() -> float:
-    """Seconds a callback scheduled now waits before it runs: the loop's backlog."""
+    """Seconds a callback scheduled now waits before it runs: the loop's backlog.
+
+    .. versionadded:: 0.3
+    """
     loop = asyncio.get_running_loop()
     ran: asyncio.Future[float] = loop.create_future()
     started = time.perf_counter()
@@ -57,7 +63,10 @@ async def loop_lag() -> float:
 class Heartbeat:
     """Measures the event loop's lag continuously: a task that sleeps ``interval`` and
     records how late it woke, keeping the last ``window`` seconds. A loop that stalled
-    between two probes shows here, where one measurement at probe time sees nothing."""
+    between two probes shows here, where one measurement at probe time sees nothing.
+
+    .. versionadded:: 0.3
+    """
 
     def __init__(self, interval: float = 0.25, window: float = 5.0) -> None:
         self.interval = interval
@@ -92,7 +101,10 @@ class Heartbeat:
 
 
 async def liveness(max_lag: float = MAX_LOOP_LAG, heartbeat: Heartbeat | None = None) -> Probe:
-    """The loop's lag now, and with a running ``heartbeat`` the worst of its window."""
+    """The loop's lag now, and with a running ``heartbeat`` the worst of its window.
+
+    .. versionadded:: 0.3
+    """
     lag = await loop_lag()
     if heartbeat is not None:
         lag = max(lag, heartbeat.worst)
@@ -138,7 +150,10 @@ def readiness(
     grace: float = RECOVERY_GRACE,
 ) -> Probe:
     """Whether to send this process traffic. Sync, no I/O: the pool's own state, and the
-    writer's read-only flag as its connections last reported it (``in_hot_standby``)."""
+    writer's read-only flag as its connections last reported it (``in_hot_standby``).
+
+    .. versionadded:: 0.3
+    """
     if pool is None:
         return Probe(False, {"status": "no pool", "members": []})
     writer = _member(pool, grace)
@@ -156,7 +171,10 @@ def readiness(
 
 
 def startup(pool: PoolManager | None) -> Probe:
-    """Whether the pool has opened ``min_size`` connections (warm)."""
+    """Whether the pool has opened ``min_size`` connections (warm).
+
+    .. versionadded:: 0.3
+    """
     if pool is None:
         return Probe(False, {"status": "no pool"})
     size, wanted = pool.stats()["pool_size"], pool.settings.min_size

@@ -93,6 +93,8 @@ def redact_dsn(dsn: str) -> str:
 
     >>> redact_dsn("postgresql://app:s3cret@db:5432/main?sslmode=require")
     'postgresql://app:***@db:5432/main?sslmode=require'
+
+    .. versionadded:: 0.1
     """
     scheme = _scheme(dsn)
     try:

@@ -21,6 +21,8 @@ class QueryResult:
     ``QueryResult(row_count, rows)`` (a list in second place) still works.
 
     .. versionchanged:: 0.2 sprockets-postgres' ``(row_count, row, rows)`` signature.
+
+    .. versionadded:: 0.1
     """
 
     __slots__ = ("_row_count", "_rows")

@@ -287,7 +287,10 @@ class _BeginFirst:
 
 
 class PostgresConnector:
-    """Runs statements on one checked-out connection (sprockets-postgres' connector)."""
+    """Runs statements on one checked-out connection (sprockets-postgres' connector).
+
+    .. versionadded:: 0.1
+    """
 
     def __init__(
         self,

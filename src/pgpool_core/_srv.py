@@ -24,6 +24,12 @@ SRV_SCHEMES = ("postgresql+srv", "postgres+srv", "aws+srv")
 
 @dataclass(frozen=True)
 class SrvRecord:
+    """One SRV record: ``target:port``, tried by ``priority`` (lowest first), then by
+    ``weight`` (highest first).
+
+    .. versionadded:: 0.1
+    """
+
     priority: int
     weight: int
     port: int
@@ -92,6 +98,8 @@ class SrvResolver:
 
     :param nameservers: ``"ip"`` or ``"ip:port"`` entries; default: the system's.
     :param timeout: seconds per lookup.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(self, nameservers: Sequence[str] | None = None, timeout: float = 5.0) -> None:

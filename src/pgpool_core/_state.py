@@ -12,6 +12,8 @@ class PoolState(enum.Enum):
 
     RECONNECTING: a connect failed; one background task retries with backoff while
     requests fail fast with :class:`~pgpool_core.PoolUnavailableError`.
+
+    .. versionadded:: 0.1
     """
 
     NEW = "new"

@@ -24,15 +24,24 @@ __all__ = [
 
 
 class PoolError(Exception):
-    """Base of every error pgpool itself raises."""
+    """Base of every error pgpool itself raises.
+
+    .. versionadded:: 0.1
+    """
 
 
 class ConnectionException(PoolError):
-    """No working connection could be had (the sprockets-postgres name, kept for adapters)."""
+    """No working connection could be had (the sprockets-postgres name, kept for adapters).
+
+    .. versionadded:: 0.1
+    """
 
 
 class PoolUnavailableError(ConnectionException):
-    """The database could not be reached; ``__cause__`` holds the (redacted) connect error."""
+    """The database could not be reached; ``__cause__`` holds the (redacted) connect error.
+
+    .. versionadded:: 0.1
+    """
 
 
 class ConfigurationError(PoolUnavailableError):
@@ -41,6 +50,8 @@ class ConfigurationError(PoolUnavailableError):
 
     Retrying will not help until the configuration (or the credentials) change; the pool
     keeps retrying in the background anyway, so rotated credentials are picked up.
+
+    .. versionadded:: 0.1
     """
 
 
@@ -50,10 +61,15 @@ if sys.version_info >= (3, 11):
         """No connection became free within ``acquire_timeout``; the message has the pool's numbers.
 
         Also a :class:`TimeoutError` (and so an ``asyncio.TimeoutError``).
+
+        .. versionadded:: 0.1
         """
 
     class QueryTimeoutError(PoolError, TimeoutError):
-        """A statement ran past its deadline and was cancelled on the server."""
+        """A statement ran past its deadline and was cancelled on the server.
+
+        .. versionadded:: 0.1
+        """
 
 else:  # pragma: no cover - Python 3.10, where asyncio.TimeoutError is a separate class
 
@@ -61,10 +77,15 @@ else:  # pragma: no cover - Python 3.10, where asyncio.TimeoutError is a separat
         """No connection became free within ``acquire_timeout``; the message has the pool's numbers.
 
         Also a :class:`TimeoutError` and an ``asyncio.TimeoutError``.
+
+        .. versionadded:: 0.1
         """
 
     class QueryTimeoutError(PoolError, TimeoutError, asyncio.TimeoutError):
-        """A statement ran past its deadline and was cancelled on the server."""
+        """A statement ran past its deadline and was cancelled on the server.
+
+        .. versionadded:: 0.1
+        """
 
 
 class TransactionRolledBackError(PoolError):
@@ -115,16 +136,25 @@ class TransactionUsageError(PoolError, RuntimeError):
 
 
 class PoolClosedError(ConnectionException):
-    """The pool is stopping or stopped, or was never started."""
+    """The pool is stopping or stopped, or was never started.
+
+    .. versionadded:: 0.1
+    """
 
 
 class TooManyRequestsError(ConnectionException):
-    """``max_waiting`` requests already wait for a connection; this one is shed at once."""
+    """``max_waiting`` requests already wait for a connection; this one is shed at once.
+
+    .. versionadded:: 0.1
+    """
 
 
 class QueryParameterError(PoolError, ValueError):
     """The parameters could not be bound to the statement (wrong count, missing key, a NUL
-    character, an unadaptable value); nothing was sent. ``__cause__`` is the driver's error."""
+    character, an unadaptable value); nothing was sent. ``__cause__`` is the driver's error.
+
+    .. versionadded:: 0.1
+    """
 
 
 class QueryResultError(PoolError, ValueError):
@@ -137,4 +167,7 @@ class QueryResultError(PoolError, ValueError):
 
 
 class SettingsError(PoolError, ValueError):
-    """A setting is invalid; the message names the key, where it came from, and the value."""
+    """A setting is invalid; the message names the key, where it came from, and the value.
+
+    .. versionadded:: 0.1
+    """

@@ -76,7 +76,10 @@ def pool_attributes(pool: PoolManager) -> dict[str, str | int]:
 
 
 class OtelObserver:
-    """A :class:`~pgpool_core.PoolObserver` recording into OpenTelemetry instruments."""
+    """A :class:`~pgpool_core.PoolObserver` recording into OpenTelemetry instruments.
+
+    .. versionadded:: 0.1
+    """
 
     def __init__(self, pool: PoolManager, meter: metrics.Meter) -> None:
         self.pool = pool
@@ -223,7 +226,10 @@ def _top_level_target(sql: str) -> str | None:
 
 def span_name(sql: str) -> tuple[str, str | None, str | None]:
     """``(name, operation, collection)`` of a statement: the operation is its first word,
-    the collection the table it plainly names (one statement only); neither is guessed."""
+    the collection the table it plainly names (one statement only); neither is guessed.
+
+    .. versionadded:: 0.3
+    """
     first = _FIRST_WORD.match(sql)
     if first is None:
         return "postgresql", None, None
@@ -273,7 +279,10 @@ class _Span:
 
 def sql_comment(span: trace.Span, tags: Mapping[str, str]) -> str:
     """A sqlcommenter comment: the span's ``traceparent`` and ``tags``, keys sorted,
-    values URL-quoted as the spec says."""
+    values URL-quoted as the spec says.
+
+    .. versionadded:: 0.3
+    """
     context = span.get_span_context()
     items = dict(tags)
     if context.is_valid:
@@ -290,7 +299,10 @@ def sql_comment(span: trace.Span, tags: Mapping[str, str]) -> str:
 class OtelTracer:
     """A :class:`~pgpool_core._metrics.StatementTracer` making OpenTelemetry spans for one
     pool (a writer or one of its readers); with ``sqlcommenter`` each statement is sent
-    with a comment naming its span (and ``tags``)."""
+    with a comment naming its span (and ``tags``).
+
+    .. versionadded:: 0.3
+    """
 
     def __init__(
         self,
@@ -353,7 +365,10 @@ def instrument(
     of :data:`~pgpool_core.otel.comment_tags` (the Tornado adapter sets ``controller``,
     the handler's class), so ``pg_stat_activity`` and slow-query logs join to traces. A
     comment changes no session state: safe behind PgBouncer. Parameter values never go
-    into it."""
+    into it.
+
+    .. versionadded:: 0.1
+    """
     provider = meter_provider or metrics.get_meter_provider()
     observer = OtelObserver(pool, provider.get_meter("pgpool", __version__))
     pool.add_observer(observer)

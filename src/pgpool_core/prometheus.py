@@ -42,7 +42,10 @@ _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 
 class PoolCollector(Collector):
-    """Sizes read from the pools at scrape time."""
+    """Sizes read from the pools at scrape time.
+
+    .. versionadded:: 0.1
+    """
 
     def __init__(self) -> None:
         self.pools: list[PoolManager] = []
@@ -74,7 +77,10 @@ class PoolCollector(Collector):
 
 
 class PrometheusObserver:
-    """A :class:`~pgpool_core.PoolObserver` recording into prometheus_client metrics."""
+    """A :class:`~pgpool_core.PoolObserver` recording into prometheus_client metrics.
+
+    .. versionadded:: 0.1
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.collector = PoolCollector()
@@ -123,7 +129,10 @@ _OBSERVERS: weakref.WeakKeyDictionary[CollectorRegistry, PrometheusObserver] = (
 
 
 def instrument(pool: PoolManager, registry: CollectorRegistry = REGISTRY) -> PrometheusObserver:
-    """Export ``pool``'s metrics on ``registry`` (one set of metrics per registry)."""
+    """Export ``pool``'s metrics on ``registry`` (one set of metrics per registry).
+
+    .. versionadded:: 0.1
+    """
     observer = _OBSERVERS.get(registry)
     if observer is None:
         observer = _OBSERVERS[registry] = PrometheusObserver(registry)

@@ -72,6 +72,8 @@ def _known_names() -> set[str]:
             names |= set(dir(cls))
             names |= set(getattr(cls, "__annotations__", {}))
     names |= {name for name in dir(_plugin) if name.startswith("postgres_")}
+    # The official postgres Docker image's variables (a page may show how to run one).
+    names |= {"POSTGRES_PASSWORD", "POSTGRES_USER", "POSTGRES_DB", "POSTGRES_HOST_AUTH_METHOD"}
     adapters = ROOT / "src" / "adapters"
     for source in adapters.rglob("*.py"):  # instance attributes (self.postgres_pool = ...)
         names |= set(re.findall(r"self\.(postgres_\w+)\s*[:=]", source.read_text()))

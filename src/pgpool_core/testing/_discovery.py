@@ -64,7 +64,10 @@ HOW_TO_GET_ONE = (
 
 
 class Source(enum.Enum):
-    """The four ways to get a server, in the order they are tried."""
+    """The four ways to get a server, in the order they are tried.
+
+    .. versionadded:: 0.1
+    """
 
     DSN = "env"
     TESTCONTAINERS = "testcontainers"

@@ -32,7 +32,10 @@ _LISTEN = re.compile(r'\b(UNLISTEN|LISTEN)\s+(\*|"(?:[^"]|"")*"|\w+)', re.IGNORE
 
 @dataclass
 class Script:
-    """What a statement matching ``pattern`` (a regex, searched) does."""
+    """What a statement matching ``pattern`` (a regex, searched) does.
+
+    .. versionadded:: 0.1
+    """
 
     pattern: str
     rows: Sequence[dict[str, Any]] | None = None
@@ -48,7 +51,10 @@ class Script:
 @dataclass
 class FakeConnector:
     """Opens fake connections. ``fail_next`` connects raise ``failure``; ``gate`` holds every
-    connect until set; ``hang`` makes connects never finish (the pool's bound must fire)."""
+    connect until set; ``hang`` makes connects never finish (the pool's bound must fire).
+
+    .. versionadded:: 0.1
+    """
 
     fail_next: int = 0
     failure: BaseException = field(
@@ -100,7 +106,10 @@ class FakeConnector:
 
 
 class FakeConnection:
-    """A :class:`~pgpool_core.DriverConnection` double that records what it was asked."""
+    """A :class:`~pgpool_core.DriverConnection` double that records what it was asked.
+
+    .. versionadded:: 0.1
+    """
 
     def __init__(
         self, connector: FakeConnector, number: int, loop: asyncio.AbstractEventLoop
@@ -361,7 +370,10 @@ class FakeConnection:
 
 class FakeCursor:
     """The fake's ``aiopg.Cursor`` (``PostgresConnector.cursor``): statements run through
-    the connection's scripts; rows come back as dicts."""
+    the connection's scripts; rows come back as dicts.
+
+    .. versionadded:: 0.2
+    """
 
     def __init__(self, conn: FakeConnection, timeout: float) -> None:
         self.connection = conn

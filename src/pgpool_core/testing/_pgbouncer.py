@@ -31,7 +31,10 @@ _PR_SET_PDEATHSIG = 1
 
 
 class PgBouncerUnavailable(RuntimeError):
-    """No pgbouncer binary (install it: ``apt-get install pgbouncer``)."""
+    """No pgbouncer binary (install it: ``apt-get install pgbouncer``).
+
+    .. versionadded:: 0.1
+    """
 
 
 def find_pgbouncer() -> Path | None:
@@ -51,6 +54,8 @@ class PgBouncer:
 
     ``url_for(url)`` routes a URL of that server through it; ``stop()`` / ``start()`` /
     ``restart()`` for outages; ``close()`` removes everything.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(self, server_url: str, *, pool_mode: str = "transaction") -> None:

@@ -29,7 +29,10 @@ _CONTROL_TIMEOUT = 10.0
 
 
 class ProxyMode(enum.Enum):
-    """What a :class:`TcpProxy` does with traffic."""
+    """What a :class:`TcpProxy` does with traffic.
+
+    .. versionadded:: 0.1
+    """
 
     PASS = "pass"
     #: Accept connections but forward nothing either way and never answer: a network
@@ -67,7 +70,10 @@ class _Link:
 
 
 class TcpProxy:
-    """Forwards ``127.0.0.1:<port>`` to ``target_host:target_port`` under a switchable mode."""
+    """Forwards ``127.0.0.1:<port>`` to ``target_host:target_port`` under a switchable mode.
+
+    .. versionadded:: 0.1
+    """
 
     def __init__(self, target_host: str, target_port: int, *, host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)

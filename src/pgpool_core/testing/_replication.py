@@ -109,7 +109,10 @@ def start_replication(
     bindir: Path, *, source: Source = Source.LOCAL, timeout: float = STARTUP_TIMEOUT
 ) -> PostgresReplication:
     """Start a primary and a streaming standby from the binaries in ``bindir``; the caller
-    owns the pair (``close()`` it, or use it as a context manager)."""
+    owns the pair (``close()`` it, or use it as a context manager).
+
+    .. versionadded:: 0.3
+    """
     return PostgresReplication(bindir, source=source, timeout=timeout)
 
 
@@ -132,6 +135,8 @@ class PostgresReplication:
     :meth:`rebuild_standby` turns the node held by ``standby`` (say the old primary) into
     a fresh standby of ``primary``. Each node can be stopped and started through its
     handle; a restarted standby resumes streaming (:meth:`wait_streaming`).
+
+    .. versionadded:: 0.3
     """
 
     def __init__(

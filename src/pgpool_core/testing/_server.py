@@ -52,11 +52,17 @@ STARTUP_TIMEOUT = 60.0
 
 
 class ServerStartError(RuntimeError):
-    """A source was available but the server did not come up."""
+    """A source was available but the server did not come up.
+
+    .. versionadded:: 0.1
+    """
 
 
 class ServerControlUnavailable(RuntimeError):
-    """The server cannot be stopped or started (e.g. it was given by ``PGPOOL_TEST_DSN``)."""
+    """The server cannot be stopped or started (e.g. it was given by ``PGPOOL_TEST_DSN``).
+
+    .. versionadded:: 0.1
+    """
 
 
 class _Backend(Protocol):
@@ -74,6 +80,8 @@ class PostgresServer:
     ``url`` is a superuser libpq URL (TCP on 127.0.0.1 for servers we start). ``stop``,
     ``start`` and ``restart`` keep the address, so pools built on ``url`` reconnect to the
     same place. Control methods raise :class:`ServerControlUnavailable` for DSN servers.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(self, source: Source, backend: _Backend, version: str) -> None:
@@ -537,6 +545,8 @@ def start_first_available(
 
     Returns the server (or ``None``) and why each passed-over source was not used. The
     caller owns the server: ``close()`` it when done.
+
+    .. versionadded:: 0.1
     """
     probes = Probes(
         docker_available=docker_available,

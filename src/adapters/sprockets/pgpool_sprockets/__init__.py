@@ -107,6 +107,8 @@ class ApplicationMixin(_TornadoApplicationMixin):
     application, once; the process then exits with :data:`EXIT_MISCONFIGURED` (78), not
     0. A database that is merely down at boot does not: requests get 503 until the pool
     reconnects.
+
+    .. versionadded:: 0.1
     """
 
     runner_callbacks: dict[str, list[Any]]
@@ -174,6 +176,9 @@ def _exit_when_stopped(status: int) -> None:
 
 class RequestHandlerMixin(_TornadoRequestHandlerMixin):
     """:class:`pgpool_tornado.RequestHandlerMixin`, logging request errors under
-    sprockets-postgres' logger name."""
+    sprockets-postgres' logger name.
+
+    .. versionadded:: 0.1
+    """
 
     postgres_logger = LOGGER

@@ -80,7 +80,10 @@ Timeout: TypeAlias = "int | float | None"
 
 @dataclass(frozen=True)
 class ErrorResponse:
-    """The HTTP answer for one :class:`~pgpool_core.ErrorKind`."""
+    """The HTTP answer for one :class:`~pgpool_core.ErrorKind`.
+
+    .. versionadded:: 0.1
+    """
 
     status: int
     title: str
@@ -189,6 +192,8 @@ class PostgresHTTPError(web.HTTPError):
     :class:`RequestHandlerMixin` renders it as an ``application/problem+json`` document
     (``status``, ``title``, ``sqlstate``) with its ``Retry-After`` header. Nothing from
     the statement, its parameters or the server's message reaches the body.
+
+    .. versionadded:: 0.1
     """
 
     def __init__(self, response: ErrorResponse, code: str | None) -> None:
@@ -204,6 +209,8 @@ class ApplicationMixin:
     Settings come from the application settings (``postgres_url``,
     ``postgres_max_pool_size``, ...) then ``POSTGRES_*`` environment variables. Call
     :meth:`postgres_start` before serving and :meth:`postgres_stop` when done.
+
+    .. versionadded:: 0.1
     """
 
     #: Seconds the ``SELECT 1`` of :meth:`postgres_status` may take.
@@ -481,6 +488,8 @@ class RequestHandlerMixin:
     setting ``postgres_error_format`` picks the answers: ``"problem+json"`` (default,
     :data:`ERROR_RESPONSES`) or ``"sprockets-postgres"`` (upstream's exact responses,
     :data:`SPROCKETS_POSTGRES_RESPONSES`).
+
+    .. versionadded:: 0.1
     """
 
     application: Any
@@ -868,7 +877,10 @@ def _registry() -> Any:
 class MetricsRequestHandler(web.RequestHandler):
     """``GET`` -> the Prometheus exposition format of the ``prometheus_registry`` setting
     (default: prometheus_client's global registry). Needs the ``prometheus`` extra; the
-    pool's metrics are there when the application has ``postgres_prometheus=True``."""
+    pool's metrics are there when the application has ``postgres_prometheus=True``.
+
+    .. versionadded:: 0.1
+    """
 
     def get(self, *_args: Any, **_kwargs: Any) -> None:
         import prometheus_client
@@ -897,7 +909,10 @@ class _ProbeHandler(web.RequestHandler):
 
 class LivenessRequestHandler(_ProbeHandler):
     """``GET`` -> 200 while the process and its event loop answer (loop lag below 1 s);
-    never depends on the database (an outage must not restart the pod)."""
+    never depends on the database (an outage must not restart the pod).
+
+    .. versionadded:: 0.3
+    """
 
     async def get(self, *_args: Any, **_kwargs: Any) -> None:
         application = self.application
@@ -910,7 +925,10 @@ class ReadinessRequestHandler(_ProbeHandler):
     shedding requests (``max_waiting``) and the application is not draining for a
     shutdown; with the setting ``postgres_ready_writable`` also while the writer is
     writable (as its connections last reported). Each member (writer, readers) is in the
-    body. No statement is sent and no connection taken."""
+    body. No statement is sent and no connection taken.
+
+    .. versionadded:: 0.3
+    """
 
     async def get(self, *_args: Any, **_kwargs: Any) -> None:
         application = cast(ApplicationMixin, self.application)
@@ -924,7 +942,10 @@ class ReadinessRequestHandler(_ProbeHandler):
 
 
 class StartupRequestHandler(_ProbeHandler):
-    """``GET`` -> 200 once the pool has opened ``min_size`` connections."""
+    """``GET`` -> 200 once the pool has opened ``min_size`` connections.
+
+    .. versionadded:: 0.3
+    """
 
     async def get(self, *_args: Any, **_kwargs: Any) -> None:
         self.answer(startup(cast(ApplicationMixin, self.application).postgres_pool))
@@ -933,7 +954,10 @@ class StartupRequestHandler(_ProbeHandler):
 class StatusRequestHandler(web.RequestHandler):
     """``GET`` -> 200 (or 503 when the database is unavailable) with the service's status:
     ``application``, ``environment`` and ``version`` from the settings ``service``,
-    ``environment`` and ``version``, and the pool's numbers under ``postgres``."""
+    ``environment`` and ``version``, and the pool's numbers under ``postgres``.
+
+    .. versionadded:: 0.1
+    """
 
     async def get(self, *_args: Any, **_kwargs: Any) -> None:
         application = cast(ApplicationMixin, self.application)
