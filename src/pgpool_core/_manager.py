@@ -673,14 +673,15 @@ class PoolManager(QueryApi):
             **self._metrics.counters.as_dict(),
         }
 
-    async def status(self) -> PoolStatus:
-        """A :class:`PoolStatus`: :meth:`stats` plus the availability probe (a bounded
-        ``SELECT 1`` unless a real outcome is recent). Never raises; before :meth:`start`,
-        and while reconnecting, it reports unavailable without a probe."""
+    async def status(self, *, probe_timeout: float = STATUS_CHECK_TIMEOUT) -> PoolStatus:
+        """A :class:`PoolStatus`: :meth:`stats` plus the availability probe (a ``SELECT 1``
+        bounded by ``probe_timeout`` seconds, unless a real outcome is recent). Never
+        raises; before :meth:`start`, and while reconnecting, it reports unavailable
+        without a probe."""
 
         async def probe() -> bool:
             return self._state is PoolState.OPEN and await self._health.confirm(
-                lambda: self.probe("SELECT 1", STATUS_CHECK_TIMEOUT),
+                lambda: self.probe("SELECT 1", probe_timeout),
                 all_busy=not self._bag.idle and bool(self._bag.busy),
             )
 

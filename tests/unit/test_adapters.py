@@ -1167,6 +1167,21 @@ async def test_status_healthy_is_200_with_the_pool_numbers(serve: Serve) -> None
     assert s.statements() == ["SELECT 1"]  # the second check trusted the recent success
 
 
+async def test_status_probe_is_bounded_by_the_class_attribute(serve: Serve) -> None:
+    """``POSTGRES_STATUS_TIMEOUT`` (sprockets-postgres' knob) bounds the probe: a server
+    that does not answer ``SELECT 1`` makes /status 503 within it, and the probe is
+    cancelled on the server (the connection is not left running it)."""
+    s = await serve()
+    s.app.POSTGRES_STATUS_TIMEOUT = 0.05  # type: ignore[misc]
+    s.fake.on(r"^SELECT 1$", hang=True)
+    started = time.monotonic()
+    response = await s("/status")
+    assert time.monotonic() - started < 0.5  # the default (1 s) would take longer
+    assert (response.code, json.loads(response.body)["status"]) == (503, "unavailable")
+    assert s.statements() == ["SELECT 1"]
+    await until(lambda: s.app.postgres_pool is not None and s.app.postgres_pool.in_use == 0)
+
+
 async def test_status_unavailable_database_is_503(serve: Serve) -> None:
     """Connects failing: 503 'unavailable', postgres_is_connected False, nothing sent."""
     s = await serve()

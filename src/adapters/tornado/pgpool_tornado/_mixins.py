@@ -326,7 +326,7 @@ class ApplicationMixin:
         pool = self.postgres_pool
         if pool is None:
             return {"available": False, "pool_size": 0, "pool_free": 0}
-        status = await pool.status()
+        status = await pool.status(probe_timeout=self.POSTGRES_STATUS_TIMEOUT)
         result: dict[str, Any] = {
             "available": status.available,
             "pool_size": status.pool_size,
