@@ -204,9 +204,9 @@ class PoolSettings:
     :param application_name: sets ``application_name`` unless the URL has one.
     :param read_url: replica URLs (one, or several: a list, or ``postgresql://`` URLs
         separated by whitespace or commas in one string, e.g. ``POSTGRES_READ_URL``); each
-        is one reader, itself a pool of this size (multi-host and SRV URLs allowed). Reads asked for with
-        ``read_only=True`` go to the least busy reader fit to serve them; without readers,
-        everything goes to ``url``. *New in 0.3.*
+        is one reader, itself a pool of this size (multi-host and SRV URLs allowed). Reads
+        asked for with ``read_only=True`` go to the least busy reader fit to serve them;
+        without readers, everything goes to ``url``. *New in 0.3.*
     :param max_replica_lag: a reader whose replay lag exceeds this many seconds gets no
         reads until it catches up; 0 = no bound (default 0). *New in 0.3.*
     :param reset: what a returned connection goes through before its next borrower gets
