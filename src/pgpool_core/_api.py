@@ -159,8 +159,9 @@ class QueryApi:
     ) -> QueryResult:
         """Run one statement on a pooled connection and return its :class:`QueryResult`.
 
-        :param timeout: seconds for the whole call (waiting + running); default
-            ``acquire_timeout`` to get a connection, then ``query_timeout`` to run.
+        :param timeout: seconds for the whole call (waiting + running), the wait still
+            capped by ``acquire_timeout``; default ``acquire_timeout`` to get a
+            connection, then ``query_timeout`` to run.
         :param read_only: the statement only reads: it may run on a reader (see
             ``read_url``); nothing checks that it does not write (a reader refuses writes).
         :param writer: run on the writer even when ``read_only`` (a read that must see
@@ -405,7 +406,9 @@ class QueryApi:
         ``BEGIN READ ONLY``, on a reader when there is one fit (see ``read_url``) unless
         ``writer=True`` keeps it on the writer.
 
-        ``timeout`` bounds the whole transaction, from waiting for the connection to COMMIT.
+        ``timeout`` bounds the whole transaction, from waiting for the connection (that
+        wait still capped by ``acquire_timeout``) to COMMIT; without it, ``query_timeout``
+        does, from checkout.
         Leaving the block without an error commits, and returns only if the server
         committed: see :meth:`PostgresConnector.transaction` for what each error means.
         ``settings`` hold for this transaction only (see

@@ -176,8 +176,9 @@ class PoolSettings:
     :param max_size: most connections open at once (default 10).
     :param connect_timeout: bound on opening one connection (default 10 s).
     :param acquire_timeout: bound on waiting for a free connection (default 10 s).
-    :param query_timeout: default bound on one statement, cancelled server-side on expiry
-        (default 120 s).
+    :param query_timeout: the bound of a call that passes no ``timeout``: one statement
+        (``execute``, ``callproc``), or a whole ``transaction()`` / ``connector()`` block
+        from checkout; what runs at expiry is cancelled server-side (default 120 s).
     :param max_lifetime: a connection's true age limit, jittered a few percent (default 300 s).
     :param max_idle: idle connections above ``min_size`` are closed after this (default 600 s).
     :param max_waiting: most requests waiting for a connection; 0 = unlimited (default 0).

@@ -38,7 +38,8 @@ class ConnectionException(PoolError):
 
 
 class PoolUnavailableError(ConnectionException):
-    """The database could not be reached; ``__cause__`` holds the (redacted) connect error.
+    """The database could not be reached; the message carries the last (redacted) connect
+    error.
 
     .. versionadded:: 0.1
     """
@@ -92,8 +93,8 @@ class TransactionRolledBackError(PoolError):
     """The transaction did not commit: the server rolled it back, or holds nothing of it.
 
     Raised instead of a COMMIT that cannot succeed: a statement failed inside the
-    transaction (and the block went on), the connection was lost before COMMIT, or the
-    block ended the transaction with its own ``ROLLBACK``. ``first_error`` (also the
+    transaction (and the block went on), a statement outlived its timeout, or the
+    connection was lost before COMMIT. ``first_error`` (also the
     ``__cause__``) is the failure that doomed it, if there was one; :func:`~pgpool_core.classify`
     and :func:`~pgpool_core.sqlstate` see through to it, so adapters answer as they would
     for that error. Nothing of the transaction is on the server: retrying it is safe.
