@@ -148,3 +148,37 @@ def test_images_load(browser: WebDriver) -> None:
         assert browser.execute_script("return arguments[0].naturalWidth", image) > 0, (
             image.get_attribute("src")
         )
+
+
+def test_every_public_name_has_an_entry_in_the_api_reference() -> None:
+    """Each name of each public module's ``__all__`` has its own anchor in the API pages."""
+    import importlib
+    import re
+
+    html = "".join(path.read_text() for path in (SITE / "reference" / "api").glob("*.html"))
+    anchors = set(re.findall(r'id="([\w.-]+)"', html))
+    modules = (
+        "pgpool_core",
+        "pgpool_core.probes",
+        "pgpool_core.otel",
+        "pgpool_core.prometheus",
+        "pgpool_core.testing",
+        "pgpool_tornado",
+        "pgpool_sprockets",
+    )
+    missing = [
+        f"{name}.{member}"
+        for name in modules
+        for member in importlib.import_module(name).__all__
+        if f"{name}.{member}" not in anchors
+    ]
+    assert missing == []
+    fixtures = {
+        "postgres_server",
+        "postgres_url",
+        "postgres_db_url",
+        "postgres_proxy",
+        "pgbouncer",
+        "postgres_replication",
+    }
+    assert {f"fixture-{name}" for name in fixtures} <= anchors
