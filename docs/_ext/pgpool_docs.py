@@ -327,7 +327,7 @@ def _process_bases(app: Any, name: str, obj: Any, options: Any, bases: list[Any]
             pending[:0] = [b for b in base.__bases__ if b is not object]
         elif base not in shown:
             shown.append(base)
-    bases[:] = shown or [object]
+    bases[:] = shown
 
 
 def _private_names() -> set[str]:
