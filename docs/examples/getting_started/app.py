@@ -13,6 +13,7 @@ from sprockets.http import app
 from tornado import web
 
 import pgpool_sprockets
+from pgpool_core import PoolClosedError, PoolUnavailableError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS fruit (
@@ -32,9 +33,17 @@ class Application(pgpool_sprockets.ApplicationMixin, app.Application):
 
     async def create_schema(self, _app: Any, _io_loop: Any) -> None:
         await self.postgres_started.wait()  # the pool's own on_start callback is done
-        if self.postgres_pool is not None:  # None: misconfigured, the app is stopping
-            await self.postgres_pool.execute(SCHEMA)
+        # 78 once the pool refused its settings: the service is stopping, nothing to do.
+        while self.postgres_pool is not None and not self.postgres_exit_status:
+            try:
+                await self.postgres_pool.execute(SCHEMA)
+            except PoolUnavailableError:  # the database is down: try again once it is back
+                await asyncio.sleep(1)
+                continue
+            except PoolClosedError:  # stopped before the database came back
+                return
             self.schema_ready.set()
+            return
 
 
 class FruitHandler(pgpool_sprockets.RequestHandlerMixin, web.RequestHandler):

@@ -28,7 +28,7 @@ async def test_transactions_and_timeouts_through_pgbouncer(
         started = time.monotonic()
         with pytest.raises(QueryTimeoutError, match="cancelled on the server"):
             await pool.execute("SELECT pg_sleep(30)", timeout=0.3)
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 0.3 + pool.settings.cancel_timeout  # not 30 s
         database = postgres_db_url.rsplit("/", 1)[1]
         running = [row for row in postgres_server.activity(database) if row["state"] == "active"]
         assert running == []

@@ -37,14 +37,15 @@ async def test_a_cancelled_caller_cancels_its_statement(
 
 
 @pytest.mark.asyncio
-async def test_timeout_says_what_wait_for_cannot(postgres_db_url: str) -> None:
+async def test_timeout_says_what_wait_for_cannot(postgres_db_url: str, postgres_server) -> None:
+    database = postgres_db_url.rsplit("/", 1)[1]
     async with PoolManager(postgres_db_url) as pool:
         await pool.execute("CREATE TABLE items (name text)")
 
         async def slow_transaction(timeout: float | None = None) -> None:
             async with pool.transaction(timeout=timeout) as tx:
                 await tx.execute("INSERT INTO items VALUES ('x')")
-                await tx.execute("SELECT pg_sleep(5)")
+                await tx.execute("SELECT pg_sleep(30)")
 
         # asyncio's timeout cancels the task and raises a bare TimeoutError: it says
         # nothing about the server (was COMMIT sent? did it commit?).
@@ -52,11 +53,13 @@ async def test_timeout_says_what_wait_for_cannot(postgres_db_url: str) -> None:
             await asyncio.wait_for(slow_transaction(), 0.3)
         assert not isinstance(outside.value, QueryTimeoutError)
         assert classify(outside.value) is ErrorKind.OTHER
+        await until_running(postgres_server, database, False)  # the pool cancelled it
 
         # The pool's own timeout bounds the same work, and says what happened.
         with pytest.raises(QueryTimeoutError, match="the transaction is rolled back") as own:
             await slow_transaction(timeout=0.3)
         assert classify(own.value) is ErrorKind.QUERY_TIMEOUT
+        await until_running(postgres_server, database, False)
 
         # Both were rolled back; only the second error said so.
         assert (await pool.execute("SELECT count(*) AS n FROM items")).row == {"n": 0}

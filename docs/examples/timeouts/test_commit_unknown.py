@@ -8,10 +8,10 @@ from pgpool_core import CommitUnknownError, PoolManager
 
 SCHEMA = """
 CREATE TABLE orders (id text PRIMARY KEY);
--- A deferred trigger runs at COMMIT: it makes COMMIT take 0.5 s, long enough to cut
+-- A deferred trigger runs at COMMIT: it makes COMMIT take 2 s, long enough to cut
 -- the connection while the server is committing.
 CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
-  $$ BEGIN PERFORM pg_sleep(0.5); RETURN NULL; END $$;
+  $$ BEGIN PERFORM pg_sleep(2); RETURN NULL; END $$;
 CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON orders
   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();
 """
@@ -21,7 +21,7 @@ async def cut_during_commit(postgres_server, postgres_proxy, database: str) -> N
     """Wait until the server runs COMMIT, then cut the client's connection (TCP RST)."""
     for _ in range(500):
         rows = await asyncio.to_thread(postgres_server.activity, database)
-        if any(row["query"] == "COMMIT" for row in rows):
+        if any(row["query"] == "COMMIT" and row["state"] == "active" for row in rows):
             break
         await asyncio.sleep(0.01)  # pg_stat_activity has no notification to wait on
     else:

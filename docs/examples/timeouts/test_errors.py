@@ -36,9 +36,11 @@ async def test_sql_errors_are_psycopg2_errors_classified(postgres_db_url: str) -
 @pytest.mark.asyncio
 async def test_pool_exhausted_is_a_timeout_with_nothing_sent(postgres_db_url: str) -> None:
     async with PoolManager(postgres_db_url, max_size=1, acquire_timeout=0.2) as pool:
+        await pool.execute("CREATE TABLE jobs (name text)")
         async with pool.connection():  # holds the only connection
             with pytest.raises(PoolTimeoutError, match="no connection free") as caught:
-                await pool.execute("SELECT 1")
+                await pool.execute("INSERT INTO jobs VALUES ('never')")
+        assert (await pool.execute("SELECT count(*) AS n FROM jobs")).row == {"n": 0}
 
         error = caught.value
         assert isinstance(error, ConnectionException)
