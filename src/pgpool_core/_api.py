@@ -386,7 +386,11 @@ class QueryApi:
                     delay,
                     extra=fields(self.name, "transaction_retry", sqlstate=sqlstate(exc)),
                 )
+                last = exc
             await pool._sleep(delay)
+            if end is not None and clock() >= end:  # the pause outlasted the bound
+                _count_attempts(last, attempt)
+                raise last
             attempt += 1
 
     def transaction(

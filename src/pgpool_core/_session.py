@@ -52,9 +52,12 @@ OnDuration = Callable[[str, float], None]
 
 #: Statements that end or start a transaction (not SAVEPOINT, RELEASE, ROLLBACK TO).
 _TRANSACTION_CONTROL = re.compile(
-    r"^\s*(COMMIT|END|ABORT|BEGIN|START\s+TRANSACTION|PREPARE\s+TRANSACTION"
+    # After any leading whitespace and comments (-- to the end of a line, /* ... */); a
+    # comment is skipped whole (it ends at its newline), never cut short to match a word in it.
+    r"(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*"
+    r"(COMMIT|END|ABORT|BEGIN|START\s+TRANSACTION|PREPARE\s+TRANSACTION"
     r"|ROLLBACK(?!\s+(?:WORK\s+|TRANSACTION\s+)?TO\b))\b",
-    re.IGNORECASE,
+    re.IGNORECASE | re.DOTALL,
 )
 
 

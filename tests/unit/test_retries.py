@@ -155,6 +155,28 @@ async def test_run_transaction_gives_up_with_the_attempt_count(fake: FakeConnect
     assert [sql for _, sql in ran(fake)].count("COMMIT") == 0
 
 
+async def test_run_transaction_whose_pause_outlasts_the_bound_raises_the_last_error(
+    fake: FakeConnector,
+) -> None:
+    """A backoff pause that ends past ``timeout`` (a busy loop) raises the conflict the
+    server answered, with its attempt count: not a SettingsError for a zero timeout."""
+    FailFirst(fake, "UPDATE", psycopg2.errors.SerializationFailure("conflict"), times=9)
+
+    async def late(seconds: float) -> None:
+        if seconds >= 1:  # the maintenance task's interval: park it
+            await asyncio.Event().wait()
+        await asyncio.sleep(0.3)  # longer than the whole bound
+
+    async def work(tx: PostgresConnector) -> None:
+        await tx.execute("UPDATE t SET n = 1")
+
+    async with PoolManager(URL, connector=fake, min_size=0, sleep=late) as pool:
+        with pytest.raises(psycopg2.errors.SerializationFailure) as caught:
+            await pool.run_transaction(work, retries=5, timeout=0.2)
+    assert caught.value.attempts == 1  # type: ignore[attr-defined]
+    assert [sql for _, sql in ran(fake)].count("COMMIT") == 0
+
+
 async def test_run_transaction_does_not_retry_other_errors(fake: FakeConnector) -> None:
     FailFirst(fake, "INSERT", psycopg2.errors.UniqueViolation("duplicate key"), times=9)
     calls: list[int] = []

@@ -198,7 +198,17 @@ async def test_savepoint_recovery_still_commits(pool: PoolManager, fake: FakeCon
 
 @pytest.mark.parametrize(
     "control",
-    ["COMMIT", " rollback", "END", "ABORT", "BEGIN", "COMMIT AND CHAIN", "PREPARE TRANSACTION 'x'"],
+    [
+        "COMMIT",
+        " rollback",
+        "END",
+        "ABORT",
+        "BEGIN",
+        "COMMIT AND CHAIN",
+        "PREPARE TRANSACTION 'x'",
+        "/* done */ COMMIT",
+        "-- done\n  /* really\n */ ROLLBACK",
+    ],
 )
 async def test_transaction_control_inside_the_block_is_refused(
     pool: PoolManager, fake: FakeConnector, control: str
@@ -216,6 +226,18 @@ async def test_transaction_control_inside_the_block_is_refused(
     with pytest.raises(TransactionUsageError, match="nothing was sent"):
         await run()
     assert _sent(fake) == ["BEGIN", "SAVEPOINT s", "ROLLBACK TO SAVEPOINT s", "ROLLBACK"]
+
+
+@pytest.mark.parametrize(
+    "statement", ["-- COMMIT\nSELECT 1", "/* rollback */ SELECT 1", "ROLLBACK TO SAVEPOINT s"]
+)
+async def test_transaction_words_in_comments_are_not_transaction_control(
+    pool: PoolManager, fake: FakeConnector, statement: str
+) -> None:
+    async with pool.transaction() as tx:
+        await tx.execute("SAVEPOINT s")
+        await tx.execute(statement)
+    assert _sent(fake)[-2:] == [statement, "COMMIT"]
 
 
 async def test_timed_out_statement_dooms_its_transaction(

@@ -176,7 +176,7 @@ ADAPTER_SETTINGS: dict[str, str] = {
         "a callable given each ``NotificationsMissed`` of the ``postgres_listen`` channels."
     ),
     "postgres_shutdown_grace": (
-        "seconds (0 to 3600, default 0) that ``postgres_stop()`` keeps serving while"
+        "seconds (at least 0, under 3600; default 0) that ``postgres_stop()`` keeps serving while"
         " readiness answers 503 draining, before it stops the pool."
     ),
     "postgres_ready_writable": (
@@ -893,7 +893,7 @@ class MetricsRequestHandler(web.RequestHandler):
 def _grace(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 3600:
         raise SettingsError(
-            f"postgres_shutdown_grace: expected seconds from 0 to 3600, got {value!r}"
+            f"postgres_shutdown_grace: expected seconds >= 0 and < 3600, got {value!r}"
         )
     return float(value)
 
