@@ -10,18 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import threading
+import time
 import urllib.parse
 
 import psycopg2
 import pytest
 
-from pgpool_core import PoolManager, PoolUnavailableError
+from pgpool_core import PoolManager, RetryPolicy
 from pgpool_core.errors import PoolError
 from pgpool_core.testing import PostgresServer, TcpProxy
 
-POOLS = 3
-ROUNDS = 200
+POOLS = 6
+#: Reconnect almost at once, so that connects keep arriving while the modes change.
+FAST_RETRY = RetryPolicy(initial=0.001, maximum=0.005)
+#: Now and then a reconnect under this churn waits out its whole connect_timeout with no
+#: socket to the proxy at all (the pool's side, not the proxy's): keep that short.
+CONNECT_TIMEOUT = 2.0
+ROUNDS = 150
+CLOSES = 10
 
 
 async def churn(pool: PoolManager, stop: asyncio.Event) -> None:
@@ -36,6 +42,7 @@ def cycle_modes(proxy: TcpProxy, rounds: int) -> None:
     for _ in range(rounds):
         proxy.refuse()
         proxy.heal()
+        time.sleep(0.002)  # the pools reconnect meanwhile: the next refuse() races them
         proxy.reset()
     proxy.heal()
 
@@ -48,7 +55,11 @@ async def test_refuse_heal_reset_under_traffic_leaves_no_unclosed_socket(
     stop = asyncio.Event()
     async with contextlib.AsyncExitStack() as stack:
         pools = [
-            await stack.enter_async_context(PoolManager(url, min_size=4, max_size=4))
+            await stack.enter_async_context(
+                PoolManager(
+                    url, min_size=4, max_size=4, retry=FAST_RETRY, connect_timeout=CONNECT_TIMEOUT
+                )
+            )
             for _ in range(POOLS)
         ]
         workers = [asyncio.create_task(churn(pool, stop)) for pool in pools for _ in range(4)]
@@ -62,3 +73,30 @@ async def test_refuse_heal_reset_under_traffic_leaves_no_unclosed_socket(
             await pool.wait_ready()
             assert (await pool.execute("SELECT 1 AS ok")).row == {"ok": 1}
     gc.collect()
+
+
+@pytest.mark.asyncio
+async def test_close_under_traffic_leaves_no_unclosed_socket(
+    postgres_server: PostgresServer, postgres_db_url: str
+) -> None:
+    parts = urllib.parse.urlsplit(postgres_server.url)
+    target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+    for _ in range(CLOSES):
+        proxy = TcpProxy(*target).start()
+        url = proxy.rewrite(postgres_db_url)
+        stop = asyncio.Event()
+        async with contextlib.AsyncExitStack() as stack:
+            pools = [
+                await stack.enter_async_context(
+                    PoolManager(url, min_size=4, retry=FAST_RETRY, connect_timeout=CONNECT_TIMEOUT)
+                )
+                for _ in range(POOLS)
+            ]
+            workers = [asyncio.create_task(churn(pool, stop)) for pool in pools for _ in range(4)]
+            await asyncio.to_thread(proxy.reset)  # reconnects in flight while it closes
+            await asyncio.to_thread(proxy.heal)
+            await asyncio.to_thread(proxy.close)
+            stop.set()
+            await asyncio.gather(*workers)
+        del proxy
+        gc.collect()

@@ -19,6 +19,7 @@ import socket
 import struct
 import threading
 import urllib.parse
+import weakref
 from collections.abc import Coroutine
 from typing import Any
 
@@ -51,9 +52,12 @@ class _Link:
         self.client = client
         self.upstream: asyncio.StreamWriter | None = None
         self.holed = False
+        #: Set once the link is cut: an upstream connected afterwards is cut at once.
+        self.closed = False
         self.tasks: list[asyncio.Task[None]] = []
 
     def abort(self, *, rst: bool) -> None:
+        self.closed = True
         for writer in (self.client, self.upstream):
             if writer is None:
                 continue
@@ -82,6 +86,11 @@ class TcpProxy:
         self.mode = ProxyMode.PASS
         self.accepted = 0
         self._links: set[_Link] = set()
+        # Every stream the proxy opened (client or upstream) and every task it runs, so
+        # that close() cuts and ends them all, links dropped earlier included.
+        self._writers: weakref.WeakSet[asyncio.StreamWriter] = weakref.WeakSet()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
         self._server: asyncio.Server | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -156,13 +165,33 @@ class TcpProxy:
         )
         self.port = self._server.sockets[0].getsockname()[1]
 
+    async def _stop_listening(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        # Stop accepting, then let the connections already accepted get their transports,
+        # and only then close: a transport made for a server closed meanwhile fails half
+        # built (asyncio's loop asserts the server is open) and its socket is never closed.
+        loop = asyncio.get_running_loop()
+        for sock in server.sockets:
+            loop.remove_reader(sock.fileno())
+        await asyncio.sleep(0)
+        # Not wait_closed(): since 3.12 it also waits for the open streams to end.
+        server.close()
+
     async def _shutdown(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        self._closing = True  # connections still arriving are cut by _accept
+        await self._stop_listening()
         for link in list(self._links):
             link.abort(rst=False)
         self._links.clear()
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()  # a connect upstream in progress closes its socket
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for writer in list(self._writers):
+            writer.transport.abort()  # half-ended links: one direction may still be open
+        await asyncio.sleep(0)  # the transports close their sockets one loop turn later
 
     async def _set(self, mode: ProxyMode) -> None:
         previous, self.mode = self.mode, mode
@@ -173,10 +202,8 @@ class TcpProxy:
             for link in list(self._links):
                 link.abort(rst=True)
             self._links.clear()
-        elif mode is ProxyMode.REFUSE and self._server is not None:
-            # Not wait_closed(): since 3.12 it also waits for the open streams to end.
-            self._server.close()
-            self._server = None
+        elif mode is ProxyMode.REFUSE:
+            await self._stop_listening()
         if mode is not ProxyMode.REFUSE and self._server is None:
             await self._listen()
         if previous is ProxyMode.BLACKHOLE and mode is not ProxyMode.BLACKHOLE:
@@ -185,15 +212,29 @@ class TcpProxy:
                 self._links.discard(link)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task: asyncio.Task[None] = asyncio.current_task()  # type: ignore[assignment]
+        self._tasks.add(task)
+        try:
+            await self._serve(reader, writer, task)
+        finally:
+            self._tasks.discard(task)
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, task: asyncio.Task[None]
+    ) -> None:
         self.accepted += 1
+        self._writers.add(writer)
         link = _Link(writer)
+        if self._closing:
+            link.abort(rst=False)
+            return
         if self.mode is ProxyMode.RESET:
             link.abort(rst=True)
             return
         self._links.add(link)
         if self.mode is ProxyMode.BLACKHOLE:
             link.holed = True
-            link.tasks.append(asyncio.current_task())  # type: ignore[arg-type]
+            link.tasks.append(task)
             await self._swallow(reader)
             return
         try:
@@ -202,12 +243,21 @@ class TcpProxy:
             link.abort(rst=True)
             self._links.discard(link)
             return
+        self._writers.add(up_writer)
         link.upstream = up_writer
-        loop = asyncio.get_running_loop()
+        if link.closed:  # reset (or cut) while connecting upstream
+            link.abort(rst=True)
+            return
         link.tasks = [
-            loop.create_task(self._pipe(reader, up_writer, link)),
-            loop.create_task(self._pipe(up_reader, writer, link)),
+            self._spawn(self._pipe(reader, up_writer, link)),
+            self._spawn(self._pipe(up_reader, writer, link)),
         ]
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _swallow(self, reader: asyncio.StreamReader) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
