@@ -33,7 +33,6 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "_check", "Thumbs.db", ".DS_Store"]
 templates_path: list[str] = []
-html_static_path = ["_static"]
 
 # Markdown pages: fenced directives (```{note}), ::: blocks, anchors on every heading
 # down to ###, so guides can link to each other's sections.

@@ -72,7 +72,7 @@ def _metadata_problems(wheel: Path, names: list[str]) -> list[str]:
         .decode()
     ):
         problems.append("LICENSE is not the BSD 3-Clause text")
-    if "## The throwaway PostgreSQL for tests" not in text:
+    if "## The two commands" not in text or "## Documentation" not in text:
         problems.append("the README is not the long description")
     return problems
 
