@@ -685,7 +685,13 @@ class Listener:
             except Exception as exc:
                 reason = self._describe(exc)
                 level = logging.DEBUG if reason == last_reason else logging.WARNING
-                LOGGER.log(level, "listener %s: reconnect failed: %s", self.name, reason)
+                LOGGER.log(
+                    level,
+                    "listener %s: reconnect failed: %s",
+                    self.name,
+                    reason,
+                    extra=fields(self.name, "listener_reconnect_failed"),
+                )
                 last_reason = reason
                 continue
             break

@@ -44,3 +44,27 @@ async def test_nothing_at_info_on_the_hot_path(
             async with pool.transaction() as tx:
                 await tx.execute("UPDATE t SET n = 1")
         assert caplog.records == []
+
+
+def test_every_record_above_debug_carries_the_event_fields() -> None:
+    """Read from the source: each log call at INFO or above (and each ``.log(level, ...)``)
+    passes ``extra=`` (the ``fields()`` of its event), so JSON formatters and alerts can
+    rely on ``pool``, ``role``, ``event`` and ``sqlstate`` on every such record."""
+    import ast
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src"
+    missing = []
+    for path in src.rglob("*.py"):
+        if "testing" in path.parts:  # the test tools log for their user, not as events
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("info", "warning", "error", "exception", "critical", "log")
+                and "logger" in ast.unparse(node.func.value).lower()
+                and not any(keyword.arg == "extra" for keyword in node.keywords)
+            ):
+                missing.append(f"{path.relative_to(src)}:{node.lineno}")
+    assert missing == []

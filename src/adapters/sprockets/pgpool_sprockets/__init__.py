@@ -23,6 +23,7 @@ from pgpool_core import (
     QueryResult,
     SettingsError,
 )
+from pgpool_core._logs import fields
 from pgpool_tornado import (
     ERROR_FORMATS,
     ERROR_RESPONSES,
@@ -127,14 +128,24 @@ class ApplicationMixin(_TornadoApplicationMixin):
             assert self.postgres_pool is not None
             await self.postgres_pool.wait_ready()
         except (SettingsError, ConfigurationError) as exc:
-            LOGGER.critical("PostgreSQL is misconfigured, stopping: %s", exc)
+            LOGGER.critical(
+                "PostgreSQL is misconfigured, stopping: %s",
+                exc,
+                extra=self._postgres_log_fields("misconfigured"),
+            )
             self._postgres_stop_application(loop)
         except PoolUnavailableError as exc:
             LOGGER.warning(
-                "PostgreSQL is unavailable at start (%s); answering 503 until it is back", exc
+                "PostgreSQL is unavailable at start (%s); answering 503 until it is back",
+                exc,
+                extra=self._postgres_log_fields("unavailable_at_start"),
             )
         finally:
             self.postgres_started.set()
+
+    def _postgres_log_fields(self, event: str) -> dict[str, object]:
+        pool = self.postgres_pool
+        return fields(pool.name if pool is not None else "", event)
 
     def _postgres_stop_application(self, loop: Any) -> None:
         if not self._postgres_stop_requested:

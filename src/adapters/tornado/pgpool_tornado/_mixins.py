@@ -43,6 +43,7 @@ from pgpool_core import (
     sqlstate,
 )
 from pgpool_core._listener import validate_channel
+from pgpool_core._logs import fields
 from pgpool_core._metrics import comment_tags
 from pgpool_core._probes import Heartbeat, Probe, liveness, readiness, startup
 from pgpool_core._session import apply_on_error
@@ -548,9 +549,17 @@ class RequestHandlerMixin:
             outcome = getattr(exc, "pgpool_outcome", None)
             if outcome is not None:
                 self.postgres_logger.warning(
-                    "client disconnected during COMMIT; the transaction %s", outcome
+                    "client disconnected during COMMIT; the transaction %s",
+                    outcome,
+                    extra=self._postgres_log_fields("commit_after_disconnect"),
                 )
             raise web.HTTPError(499, reason="Client Closed Request") from None
+
+    def _postgres_log_fields(self, event: str, code: str | None = None) -> dict[str, object]:
+        """The ``extra=`` of this adapter's event records: the pool's name (empty before
+        it exists), ``event`` and the SQLSTATE, as the pool's own records carry."""
+        pool = getattr(self.application, "postgres_pool", None)
+        return fields(pool.name if pool is not None else "", event, sqlstate=code)
 
     def _postgres_route(self, read_only: bool | None) -> tuple[bool, bool]:
         """``(read_only, writer)`` for a call: the handler's default, and the writer once
@@ -804,14 +813,15 @@ class RequestHandlerMixin:
         if response is None:
             return exc
         first_line = str(exc).strip().split("\n", 1)[0]
+        code = sqlstate(exc)
         self.postgres_logger.error(
             "%s in %s for %s (%s)",
             type(exc).__name__,
             type(self).__name__,
             metric_name or "query",
             first_line,
+            extra=self._postgres_log_fields("request_error", code),
         )
-        code = sqlstate(exc)
         error: Exception
         if upstream:  # exactly what sprockets-postgres raised
             if problemdetails is not None:
