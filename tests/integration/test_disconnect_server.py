@@ -23,6 +23,14 @@ class App(pgpool_tornado.ApplicationMixin, web.Application):
     pass
 
 
+class OwnConnectorApp(App):
+    """Overrides postgres_connector (as sprockets-postgres apps may): postgres_transaction
+    goes through it, and is watched for a client that hangs up all the same."""
+
+    def postgres_connector(self, *args: Any, **kwargs: Any) -> Any:
+        return super().postgres_connector(*args, **kwargs)
+
+
 class Sleep(pgpool_tornado.RequestHandlerMixin, web.RequestHandler):
     async def get(self) -> None:
         await self.postgres_execute("SELECT pg_sleep(10)")
@@ -42,8 +50,10 @@ class KeepRunning(Sleep):
 
 
 @pytest.fixture
-async def served(postgres_db_url: str) -> AsyncIterator[tuple[App, int]]:
-    app = App(
+async def served(
+    postgres_db_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[App, int]]:
+    app = getattr(request, "param", App)(
         [("/sleep", Sleep), ("/sleep-tx", SleepInTransaction), ("/keep", KeepRunning)],
         postgres_url=postgres_db_url,
     )
@@ -79,7 +89,12 @@ def sleeping(server: PostgresServer, database: str) -> list[dict[str, Any]]:
     ]
 
 
-@pytest.mark.parametrize("path", ["/sleep", "/sleep-tx"])
+@pytest.mark.parametrize(
+    ("path", "served"),
+    [("/sleep", App), ("/sleep-tx", App), ("/sleep-tx", OwnConnectorApp)],
+    ids=["execute", "transaction", "transaction-own-connector"],
+    indirect=["served"],
+)
 async def test_a_client_that_hangs_up_ends_its_statement(
     served: tuple[App, int], postgres_server: PostgresServer, postgres_db_url: str, path: str
 ) -> None:

@@ -685,13 +685,17 @@ class RequestHandlerMixin:
 
         application = self.application
         if type(application).postgres_connector is not ApplicationMixin.postgres_connector:
-            # The application overrides postgres_connector: go through it, as upstream did.
-            return _transaction_on(
-                application.postgres_connector(
-                    self.on_postgres_error, self.on_postgres_timing, timeout
+            # The application overrides postgres_connector: go through it, as upstream did
+            # (watched for a client that hangs up like any other block).
+            return _Waited(
+                self,
+                _transaction_on(
+                    application.postgres_connector(
+                        self.on_postgres_error, self.on_postgres_timing, timeout
+                    ),
+                    reads,
+                    settings,
                 ),
-                reads,
-                settings,
             )
         pool: PoolManager | None = application.postgres_pool
         if pool is None:
