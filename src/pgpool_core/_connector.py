@@ -244,19 +244,32 @@ def _drive(weak_conn: Any) -> None:
     unrelated code: ``FileNotFoundError`` from ``epoll_ctl`` on asyncio; on uvloop, which
     closes its poll handle on the error but keeps it, ``RuntimeError: unable to perform
     operation on <UVPoll closed=True>``. psycopg2's ``closed`` (or aiopg having dropped the
-    descriptor) says for certain that the socket is gone.
+    descriptor, or libpq no longer naming it: a failed connect leaves the connection open
+    with no socket) says for certain that the socket is gone.
+
+    The number is forgotten at once, in this callback, while it still names this
+    connection's registration: aiopg's own ``close()`` later removes the reader of
+    ``_fileno`` by number, and by then the number may belong to another connection's
+    socket (a connect in progress, which would then wait out its whole timeout).
     """
     conn = weak_conn()
     if conn is None:
         return
     fileno = conn._fileno
     aiopg.Connection._ready(weak_conn)
-    if fileno is not None and (conn._fileno is None or conn._conn.closed):
-        conn._fileno = None
-        conn._writing = False
-        for remove in (conn._loop.remove_reader, conn._loop.remove_writer):
-            with contextlib.suppress(OSError, ValueError, RuntimeError):
-                remove(fileno)
+    if fileno is None:
+        return
+    raw = conn._conn
+    if conn._fileno is not None and not raw.closed and raw.fileno() == fileno:
+        return
+    conn._fileno = None
+    conn._writing = False
+    for remove in (conn._loop.remove_reader, conn._loop.remove_writer):
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
+            remove(fileno)
+    waiter = conn._waiter
+    if waiter is not None and not waiter.done():  # a connect that lost its socket
+        waiter.set_exception(psycopg2.OperationalError("the connection's socket was closed"))
 
 
 def _drive_and_wake(wake: Callable[[], None], weak_conn: Any) -> None:
@@ -269,12 +282,41 @@ def _drive_and_wake(wake: Callable[[], None], weak_conn: Any) -> None:
 
 def _take_reader(conn: aiopg.Connection) -> None:
     """Route every I/O callback of ``conn`` through :func:`_drive`: the reader aiopg
-    registered, and the writer and first poll it looks up on the instance."""
+    registered, and the writer and first poll it looks up on the instance. Remembers
+    which socket the descriptor names (see :func:`_close_aiopg`)."""
     conn._ready = _drive  # type: ignore[method-assign,assignment]
     fileno = conn._fileno
     assert fileno is not None
+    conn._pgpool_socket = _socket_identity(fileno)  # type: ignore[attr-defined]
     conn._loop.remove_reader(fileno)
     conn._loop.add_reader(fileno, _drive, conn._weakref)
+
+
+def _socket_identity(fileno: int) -> tuple[int, int] | None:
+    """What the descriptor number names now (device, inode), None when it is closed."""
+    try:
+        stat = os.fstat(fileno)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _close_aiopg(conn: aiopg.Connection) -> None:
+    """Close ``conn``, taking its descriptor's registrations off the loop only if the
+    number still names the socket it registered.
+
+    aiopg's ``close()`` removes the loop's reader and writer of ``conn._fileno`` by number.
+    When libpq has already closed that socket (a dead connection, a failed connect), the
+    number may name another connection's socket by now, a connect in progress included:
+    removing "its" reader would leave that connect waiting for a wake-up that never comes,
+    until its connect timeout. Such a number is forgotten instead."""
+    fileno = conn._fileno
+    if fileno is not None and _socket_identity(fileno) != getattr(
+        conn, "_pgpool_socket", None
+    ):
+        conn._fileno = None
+        conn._writing = False
+    conn.close()
 
 
 class AiopgConnection:
@@ -468,7 +510,7 @@ class AiopgConnection:
             sock.close()
 
     def close(self) -> None:
-        self._conn.close()
+        _close_aiopg(self._conn)
 
 
 UrlSource: TypeAlias = "str | Callable[[], str | Awaitable[str]]"
@@ -670,7 +712,13 @@ class AiopgConnector:
         # socket's registration behind either.
         conn = aiopg.Connection(dsn, self._statement_timeout, False, **kwargs)
         _take_reader(conn)
-        return await conn
+        try:
+            return await conn
+        except BaseException:
+            # Closed here, while the descriptor check can still tell: left to the garbage
+            # collector, aiopg's __del__ would close it by number, whatever that names then.
+            _close_aiopg(conn)
+            raise
 
 
 async def _evaluate(source: UrlSource, timeout: float) -> str:
@@ -794,4 +842,4 @@ def _close_late_connection(task: asyncio.Task[aiopg.Connection]) -> None:
     if task.cancelled():
         return
     if task.exception() is None:
-        task.result().close()
+        _close_aiopg(task.result())

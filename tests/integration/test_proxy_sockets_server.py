@@ -23,8 +23,8 @@ from pgpool_core.testing import PostgresServer, TcpProxy
 POOLS = 6
 #: Reconnect almost at once, so that connects keep arriving while the modes change.
 FAST_RETRY = RetryPolicy(initial=0.001, maximum=0.005)
-#: Now and then a reconnect under this churn waits out its whole connect_timeout with no
-#: socket to the proxy at all (the pool's side, not the proxy's): keep that short.
+#: Short, so that a connect left waiting (a lost wake-up: see
+#: test_connect_descriptors_server) would show as a slow test rather than a 10 s stall.
 CONNECT_TIMEOUT = 2.0
 ROUNDS = 150
 CLOSES = 10
