@@ -311,9 +311,7 @@ def _close_aiopg(conn: aiopg.Connection) -> None:
     removing "its" reader would leave that connect waiting for a wake-up that never comes,
     until its connect timeout. Such a number is forgotten instead."""
     fileno = conn._fileno
-    if fileno is not None and _socket_identity(fileno) != getattr(
-        conn, "_pgpool_socket", None
-    ):
+    if fileno is not None and _socket_identity(fileno) != getattr(conn, "_pgpool_socket", None):
         conn._fileno = None
         conn._writing = False
     conn.close()
