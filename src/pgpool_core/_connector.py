@@ -51,8 +51,6 @@ class TxStatus(enum.IntEnum):
     """libpq transaction status, as psycopg2 reports it.
 
     .. versionadded:: 0.1
-
-    .. versionadded:: 0.1
     """
 
     IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
@@ -67,8 +65,6 @@ _TX_STATUS: dict[int, TxStatus] = {status.value: status for status in TxStatus}
 
 class DriverConnection(Protocol):
     """One open database connection as the pool drives it.
-
-    .. versionadded:: 0.1
 
     .. versionadded:: 0.1
     """
@@ -203,8 +199,6 @@ class KeptFuture(asyncio.Future[None]):
 
 class Connector(Protocol):
     """Opens connections for the pool.
-
-    .. versionadded:: 0.1
 
     .. versionadded:: 0.1
     """
@@ -559,8 +553,6 @@ class AiopgConnector:
     libpq on each host; ``prefer-standby`` takes a second pass accepting any server.
 
     .. versionadded:: 0.1
-
-    .. versionadded:: 0.1
     """
 
     def __init__(
@@ -710,13 +702,9 @@ class AiopgConnector:
         # socket's registration behind either.
         conn = aiopg.Connection(dsn, self._statement_timeout, False, **kwargs)
         _take_reader(conn)
-        try:
-            return await conn
-        except BaseException:
-            # Closed here, while the descriptor check can still tell: left to the garbage
-            # collector, aiopg's __del__ would close it by number, whatever that names then.
-            _close_aiopg(conn)
-            raise
+        # A failed connect is closed by aiopg itself (its _connect); by then _drive has
+        # forgotten the descriptor number that libpq let go of.
+        return await conn
 
 
 async def _evaluate(source: UrlSource, timeout: float) -> str:

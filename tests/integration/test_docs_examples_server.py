@@ -90,18 +90,24 @@ def _sources(directory: Path) -> str:
     return "\n".join(path.read_text() for path in sorted(directory.glob("test_*.py")))
 
 
-@pytest.mark.parametrize("script", _scripts(), ids=_name)
-def test_example_script_runs(script: Path, postgres_db_url: str, tmp_path: Path) -> None:
+def _run_script(script: Path, postgres_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -W error script`` with ``POSTGRES_URL``; it must exit 0 within 120 s."""
     done = subprocess.run(
         [sys.executable, "-W", "error", str(script)],
-        cwd=tmp_path,
-        env={**_env(), "POSTGRES_URL": postgres_db_url},
+        cwd=cwd,
+        env={**_env(), "POSTGRES_URL": postgres_url},
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+@pytest.mark.parametrize("script", _scripts(), ids=_name)
+def test_example_script_runs(script: Path, postgres_db_url: str, tmp_path: Path) -> None:
+    done = _run_script(script, postgres_db_url, tmp_path)
     assert done.stderr == "", done.stderr
 
 
@@ -111,14 +117,5 @@ def test_the_readme_example_runs(postgres_db_url: str, tmp_path: Path) -> None:
     block = text.split("<!-- readme-example", 1)[1].split("<!-- /readme-example -->", 1)[0]
     [code] = re.findall(r"```python\n(.*?)```", block, flags=re.DOTALL)
     (tmp_path / "example.py").write_text(code)
-    done = subprocess.run(
-        [sys.executable, "-W", "error", str(tmp_path / "example.py")],
-        cwd=tmp_path,
-        env={**_env(), "POSTGRES_URL": postgres_db_url},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = _run_script(tmp_path / "example.py", postgres_db_url, tmp_path)
     assert done.stdout == "{'name': 'apple'}\n"

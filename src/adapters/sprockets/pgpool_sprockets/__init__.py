@@ -23,7 +23,6 @@ from pgpool_core import (
     QueryResult,
     SettingsError,
 )
-from pgpool_core._logs import fields
 from pgpool_tornado import (
     ERROR_FORMATS,
     ERROR_RESPONSES,
@@ -40,6 +39,7 @@ from pgpool_tornado import (
 )
 from pgpool_tornado import ApplicationMixin as _TornadoApplicationMixin
 from pgpool_tornado import RequestHandlerMixin as _TornadoRequestHandlerMixin
+from pgpool_tornado._mixins import log_fields
 
 __all__ = [
     "DEFAULT_POSTGRES_CONNECTION_TIMEOUT",
@@ -131,21 +131,17 @@ class ApplicationMixin(_TornadoApplicationMixin):
             LOGGER.critical(
                 "PostgreSQL is misconfigured, stopping: %s",
                 exc,
-                extra=self._postgres_log_fields("misconfigured"),
+                extra=log_fields(self.postgres_pool, "misconfigured"),
             )
             self._postgres_stop_application(loop)
         except PoolUnavailableError as exc:
             LOGGER.warning(
                 "PostgreSQL is unavailable at start (%s); answering 503 until it is back",
                 exc,
-                extra=self._postgres_log_fields("unavailable_at_start"),
+                extra=log_fields(self.postgres_pool, "unavailable_at_start"),
             )
         finally:
             self.postgres_started.set()
-
-    def _postgres_log_fields(self, event: str) -> dict[str, object]:
-        pool = self.postgres_pool
-        return fields(pool.name if pool is not None else "", event)
 
     def _postgres_stop_application(self, loop: Any) -> None:
         if not self._postgres_stop_requested:

@@ -187,6 +187,12 @@ ADAPTER_SETTINGS: dict[str, str] = {
 }
 
 
+def log_fields(pool: PoolManager | None, event: str, code: str | None = None) -> dict[str, object]:
+    """The ``extra=`` of the adapters' event records: the pool's name (empty before it
+    exists), ``event`` and the SQLSTATE, as the pool's own records carry."""
+    return fields(pool.name if pool is not None else "", event, sqlstate=code)
+
+
 class PostgresHTTPError(web.HTTPError):
     """The HTTP error for a database failure when tornado-problem-details is absent.
 
@@ -556,10 +562,7 @@ class RequestHandlerMixin:
             raise web.HTTPError(499, reason="Client Closed Request") from None
 
     def _postgres_log_fields(self, event: str, code: str | None = None) -> dict[str, object]:
-        """The ``extra=`` of this adapter's event records: the pool's name (empty before
-        it exists), ``event`` and the SQLSTATE, as the pool's own records carry."""
-        pool = getattr(self.application, "postgres_pool", None)
-        return fields(pool.name if pool is not None else "", event, sqlstate=code)
+        return log_fields(getattr(self.application, "postgres_pool", None), event, code)
 
     def _postgres_route(self, read_only: bool | None) -> tuple[bool, bool]:
         """``(read_only, writer)`` for a call: the handler's default, and the writer once
