@@ -3,10 +3,13 @@
 same process (the same handler stack without the database: the ceiling).
 
 Apps: ``pgpool`` (pgpool_sprockets) and ``sprockets-postgres`` (1.8.1, what it replaces).
-One server process per app and event loop; the load comes from another process: wrk
-(one thread) when installed, else a small keep-alive HTTP/1.1 client on asyncio. Each
-round runs the two paths back to back, order alternating; the ratio is the median of the
-paired ratios. App CPU per request is the server process's CPU time over the requests.
+The pgpool app also answers ``GET /bare?v=x`` with the same query on bare psycopg2 async
+connections, with nothing around them (no pool logic, timeouts, hooks or metrics): the
+floor, what any pool on psycopg2 and this loop pays for a round trip. One server process
+per app and event loop; the load comes from another process: wrk (one thread) when
+installed, else a small keep-alive HTTP/1.1 client on asyncio. Each round runs the paths
+back to back, the order rotating; a ratio is the median of the paired ratios to ``/nodb``.
+App CPU per request is the server process's CPU time over the requests.
 
     python benchmarks/bench_http.py [--rounds 5] [--seconds 1] [--loop uvloop]
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import multiprocessing
 import multiprocessing.synchronize
 import os
@@ -26,14 +30,101 @@ import sys
 import time
 from typing import Any
 
-PATHS = {"nodb": "/nodb?v=x", "db": "/value?v=x"}
+PATHS = {"nodb": "/nodb?v=x", "db": "/value?v=x", "bare": "/bare?v=x"}
 SQL = "SELECT %s::TEXT AS value"
+
+
+class BarePsycopg2:
+    """The floor: ``size`` psycopg2 async connections, each with its reader registered on
+    the loop for good, handed out from a list; a statement is its send, one wake-up and its
+    rows. No timeouts, health checks, hooks, metrics or error handling: nothing a pool adds."""
+
+    def __init__(self) -> None:
+        self._free: list[_BareConnection] = []
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def open(self, url: str, size: int) -> None:
+        for _ in range(size):
+            self._free.append(await _BareConnection.connect(url))
+
+    async def fetch_one(self, sql: str, params: list[str]) -> dict[str, Any]:
+        while not self._free:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+        conn = self._free.pop()
+        try:
+            return await conn.fetch_one(sql, params)
+        finally:
+            self._free.append(conn)
+            if self._waiters:
+                self._waiters.popleft().set_result(None)
+
+
+class _BareConnection:
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._cursor = raw.cursor()
+        self._loop = asyncio.get_running_loop()
+        self._fd = raw.fileno()
+        self._done: asyncio.Future[None] | None = None
+        self._loop.add_reader(self._fd, self._ready)
+
+    @classmethod
+    async def connect(cls, url: str) -> _BareConnection:
+        import psycopg2
+        import psycopg2.extensions
+
+        raw = psycopg2.connect(url, async_=1)
+        loop, fd = asyncio.get_running_loop(), raw.fileno()
+        while (state := raw.poll()) != psycopg2.extensions.POLL_OK:
+            ready = loop.create_future()
+            watch = loop.add_writer if state == psycopg2.extensions.POLL_WRITE else loop.add_reader
+            stop = loop.remove_writer if watch == loop.add_writer else loop.remove_reader
+            watch(fd, ready.set_result, None)
+            try:
+                await ready
+            finally:
+                stop(fd)
+        return cls(raw)
+
+    def _ready(self) -> None:
+        import psycopg2.extensions
+
+        done = self._done
+        try:
+            state = self._raw.poll()
+        except Exception as exc:  # the floor reports any driver error as is
+            if done is not None and not done.done():
+                done.set_exception(exc)
+            return
+        if state == psycopg2.extensions.POLL_WRITE:
+            self._loop.add_writer(self._fd, self._flushed)
+        elif state == psycopg2.extensions.POLL_OK and done is not None and not done.done():
+            done.set_result(None)
+
+    def _flushed(self) -> None:
+        self._loop.remove_writer(self._fd)
+        self._ready()
+
+    async def fetch_one(self, sql: str, params: list[str]) -> dict[str, Any]:
+        self._done = self._loop.create_future()
+        self._cursor.execute(sql, params)
+        self._ready()  # flushes the query; the reader does the rest
+        await self._done
+        names = [column[0] for column in self._cursor.description]
+        return dict(zip(names, self._cursor.fetchone(), strict=True))
 
 
 def serve(
     app_kind: str, loop_kind: str, port: int, url: str, *, ready: Any, pool_size: int
 ) -> None:
     """The server process: one sprockets.http application on ``loop_kind``."""
+    import logging
+
+    # wrk hangs up mid-request when it stops: those 499s are the only access-log lines at
+    # WARNING, and would flood the benchmark's output.
+    logging.getLogger("tornado.access").setLevel(logging.ERROR)
     from sprockets.http import app as sprockets_app
     from tornado import httpserver, ioloop, web
 
@@ -54,15 +145,22 @@ def serve(
         async def get(self) -> None:
             self.write({"value": self.get_argument("v")})
 
+    bare = BarePsycopg2()
+
+    class BareHandler(web.RequestHandler):
+        async def get(self) -> None:
+            self.write(await bare.fetch_one(SQL, [self.get_argument("v")]))
+
     async def main() -> None:
         app = Application(
-            [(r"/value", ValueHandler), (r"/nodb", NoDatabaseHandler)],
+            [(r"/value", ValueHandler), (r"/nodb", NoDatabaseHandler), (r"/bare", BareHandler)],
             postgres_url=url,
             postgres_max_pool_size=pool_size,
             postgres_min_pool_size=pool_size,
         )
         if app_kind == "pgpool":
             await app.postgres_start(wait=True)
+            await bare.open(url, pool_size)
         else:
             await app._postgres_on_start(app, ioloop.IOLoop.current())
         server = httpserver.HTTPServer(app)
@@ -167,27 +265,35 @@ def http_leg(
             if not ready.wait(30):
                 raise RuntimeError(f"the {app_kind} application did not start")
             run_load(port, PATHS["db"], max(connections), 1.0)  # warm up
+            names = ("nodb", "db", "bare") if app_kind == "pgpool" else ("nodb", "db")
             for conns in connections:
-                legs: dict[str, list[tuple[float, float, float]]] = {"nodb": [], "db": []}
+                legs: dict[str, list[tuple[float, float, float]]] = {leg: [] for leg in names}
                 for round_no in range(rounds):
-                    for leg in ("nodb", "db") if round_no % 2 == 0 else ("db", "nodb"):
+                    turn = round_no % len(names)
+                    for leg in names[turn:] + names[:turn]:
                         cpu0 = process_cpu(server.pid)  # type: ignore[arg-type]
                         count, elapsed, p99 = run_load(port, PATHS[leg], conns, seconds)
                         cpu = process_cpu(server.pid) - cpu0  # type: ignore[arg-type]
                         legs[leg].append((count / elapsed, p99, cpu / max(count, 1) * 1e6))
-                ratio = statistics.median(
-                    d[0] / n[0] for d, n in zip(legs["db"], legs["nodb"], strict=True)
-                )
-                row = {"loop": loop_kind, "app": app_kind, "connections": conns, "ratio": ratio}
+                row: dict[str, Any] = {"loop": loop_kind, "app": app_kind, "connections": conns}
                 for leg, values in legs.items():
+                    row[f"{leg}_ratio"] = statistics.median(
+                        v[0] / n[0] for v, n in zip(values, legs["nodb"], strict=True)
+                    )
                     row[f"{leg}_rate"] = statistics.median(v[0] for v in values)
                     row[f"{leg}_p99"] = statistics.median(v[1] for v in values)
                     row[f"{leg}_cpu_us"] = statistics.median(v[2] for v in values)
+                row["ratio"] = row["db_ratio"]
                 rows.append(row)
+                floor = (
+                    f"; bare psycopg2 {row['bare_ratio']:.2f}, {row['bare_cpu_us']:.0f} us/req"
+                    if "bare_rate" in row
+                    else ""
+                )
                 print(
                     f"  {loop_kind:7} HTTP {app_kind:18} c={conns:<3} {row['db_rate']:6.0f} req/s"
-                    f" = {ratio:.2f} of {row['nodb_rate']:.0f}; app CPU {row['db_cpu_us']:.0f}"
-                    f" vs {row['nodb_cpu_us']:.0f} us/req"
+                    f" = {row['ratio']:.2f} of {row['nodb_rate']:.0f}; app CPU"
+                    f" {row['db_cpu_us']:.0f} vs {row['nodb_cpu_us']:.0f} us/req{floor}"
                 )
         finally:
             server.terminate()

@@ -47,6 +47,8 @@ class Slot:
     sent: int = 0
     #: The task that last took it from the idle list.
     holder: asyncio.Task[Any] | None = None
+    #: How many times in a row ``holder`` took it back while it was the only idle one.
+    reuses: int = 0
     #: Bumped on failover: connections of an older generation are not reused.
     generation: int = 0
     #: In a transaction the pool began READ ONLY: a 25006 there is the caller's write,

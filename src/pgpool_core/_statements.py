@@ -139,6 +139,9 @@ class StatementRunner:
         session_state: SessionStateWarnings | None,
     ) -> None:
         self.timers = DeadlineTimer(loop, clock, _expire)
+        # current_task(loop): without the loop, Python 3.11 looks the running loop up,
+        # which costs a getpid() system call (fork detection) on every statement.
+        self._loop = loop
         self._clock = clock
         self._counters = counters
         self._canceller = canceller
@@ -158,7 +161,9 @@ class StatementRunner:
         sending (so a cancellation that lands here means nothing was sent); a caller that
         must read its own state and send with no yield in between takes it first.
         """
-        if self._answered_at_once is not None and self._answered_at_once is current_task():
+        if self._answered_at_once is not None and self._answered_at_once is current_task(
+            self._loop
+        ):
             self._answered_at_once = None
             await asyncio.sleep(0)
 
@@ -214,7 +219,7 @@ class StatementRunner:
         # cancelled on the server (by _confirm_cancel or when the slot is released).
         slot.running = future
         if future.done():
-            self._answered_at_once = current_task()
+            self._answered_at_once = current_task(self._loop)
         timers = self.timers
         timers.add(slot, deadline.at)
         try:
