@@ -54,6 +54,13 @@ def _med(runs: list[Any], field: str) -> float:
     return statistics.median(getattr(r, field) for r in runs)
 
 
+def _tail(runs: list[Any]) -> float:
+    """Median p99/p50 over the rounds whose p50 is above zero (pgbench logs whole
+    microseconds: a p50 of 0 says nothing about the tail)."""
+    ratios = [r.p99 / r.p50 for r in runs if r.p50 > 0]
+    return statistics.median(ratios) if ratios else float("nan")
+
+
 def _names(results: Any) -> list[str]:
     present = {name for _, _, name in results}
     return [n for n in ORDER if n in present]
@@ -93,7 +100,7 @@ def goals(results: Any, http: list[dict[str, Any]]) -> list[tuple[str, str, bool
             if tasks <= pool and tasks > 1 and _med(ours, "spread") > 1.5:
                 unfair.append(f"{key} {_med(ours, 'spread'):.2f}")
             if tasks >= 200:
-                ratio = statistics.median(r.p99 / r.p50 for r in ours)
+                ratio = _tail(ours)
                 starved.append((key, ratio))
         out.append((
             f"{loop}: pgpool p99 no worse than aiopg's in every cell",
@@ -149,6 +156,7 @@ def markdown(run: Report) -> str:
     lines = [
         f"# pgpool benchmark ({run.mode_name} mode)",
         "",
+        begin("run"),
         f"`{run.command}`: {run.took:.0f} s, median of {mode.rounds} paired rounds of"
         f" {mode.seconds} s per contender and cell (pgbench runs whole seconds).",
         "",
@@ -156,6 +164,7 @@ def markdown(run: Report) -> str:
         f"- PostgreSQL {run.postgres} on the same machine",
         f"- Packages: {machine['packages']}",
         *(f"- Note: {note}" for note in run.notes),
+        end("run"),
         "",
         "Ratios are to raw `aiopg.Pool` in the same round (higher is faster). pgbench is the C",
         "client (libpq, one thread, the same SQL): the limit a client reaches on this box;",
@@ -205,7 +214,7 @@ def markdown(run: Report) -> str:
                 lines.append(
                     f"| {key} | {name} | {_med(runs, 'rate'):.0f} | {_med(runs, 'p50') * 1e3:.2f}"
                     f" | {_med(runs, 'p99') * 1e3:.2f}"
-                    f" | {statistics.median(r.p99 / r.p50 for r in runs):.2f}"
+                    f" | {_tail(runs):.2f}"
                     f" | {_med(runs, 'spread'):.2f} | {_med(runs, 'cpu_us'):.0f} |"
                 )
         lines += [end(f"latency-{loop}"), ""]
@@ -313,11 +322,15 @@ def charts(out: Path, run: Report) -> list[str]:
 def write(out: Path, run: Report) -> None:
     """results.md, results.json and the charts, in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
+    _write_json(out, run)  # first: the rounds survive a failure below
     made = charts(out, run)
     pictures = [m for m in made if m.endswith(".png")]
     run.notes += [m for m in made if m not in pictures]
     text = markdown(run) + "".join(f"\n![{p}]({p})\n" for p in pictures)
     (out / "results.md").write_text(text)
+
+
+def _write_json(out: Path, run: Report) -> None:
     raw = {
         "mode": run.mode_name,
         "machine": run.machine,

@@ -63,6 +63,15 @@ def test_query_result_from_cursor_without_description() -> None:
     assert (result.row_count, result.rows) == (5, [])
 
 
+def test_query_result_from_cursor_rows() -> None:
+    """Tuple rows become one dict each, keyed by the column names, in order; the row
+    count is the number of rows (a cursor's own count may be -1)."""
+    result = QueryResult.from_cursor(["a", "b"], [(1, "x"), (2, None)], -1)
+    assert result.rows == [{"a": 1, "b": "x"}, {"a": 2, "b": None}]
+    assert (result.row_count, result.row, len(result)) == (2, None, 2)
+    assert QueryResult.from_cursor(("n",), [(7,)], 1).row == {"n": 7}
+
+
 async def test_hand_off_is_fifo(fake: FakeConnector) -> None:
     """A released connection goes to the oldest waiter, in arrival order."""
     async with PoolManager(URL, connector=fake, min_size=0, max_size=1, acquire_timeout=5) as pool:
