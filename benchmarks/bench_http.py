@@ -41,24 +41,28 @@ class BarePsycopg2:
 
     def __init__(self) -> None:
         self._free: list[_BareConnection] = []
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[_BareConnection]] = collections.deque()
 
     async def open(self, url: str, size: int) -> None:
         for _ in range(size):
             self._free.append(await _BareConnection.connect(url))
 
     async def fetch_one(self, sql: str, params: list[str]) -> dict[str, Any]:
-        while not self._free:
+        if self._free:
+            conn = self._free.pop()
+        else:  # FIFO: a returned connection goes straight to the oldest waiter
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
-            await waiter
-        conn = self._free.pop()
+            conn = await waiter
         try:
             return await conn.fetch_one(sql, params)
         finally:
-            self._free.append(conn)
+            while self._waiters and self._waiters[0].done():
+                self._waiters.popleft()
             if self._waiters:
-                self._waiters.popleft().set_result(None)
+                self._waiters.popleft().set_result(conn)
+            else:
+                self._free.append(conn)
 
 
 class _BareConnection:
@@ -264,8 +268,9 @@ def http_leg(
         try:
             if not ready.wait(30):
                 raise RuntimeError(f"the {app_kind} application did not start")
-            run_load(port, PATHS["db"], max(connections), 1.0)  # warm up
             names = ("nodb", "db", "bare") if app_kind == "pgpool" else ("nodb", "db")
+            for leg in names[1:]:  # warm up
+                run_load(port, PATHS[leg], max(connections), 1.0)
             for conns in connections:
                 legs: dict[str, list[tuple[float, float, float]]] = {leg: [] for leg in names}
                 for round_no in range(rounds):

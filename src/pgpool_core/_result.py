@@ -51,11 +51,13 @@ class QueryResult:
         if names is None:
             result._row_count, result._rows = max(row_count, 0), []
             return result
+        keys = tuple(names)
+        if tuples and len(tuples[0]) != len(keys):  # every row of a cursor has one length
+            raise ValueError(f"rows of {len(tuples[0])} values for {len(keys)} column names")
         result._row_count = len(tuples)
         # map() over zip() builds the dicts in C: 100 rows of 5 columns in 45 us instead of
-        # 66 us for a comprehension with zip(strict=True). The driver gives every row one
-        # value per column, so there is no length to check.
-        result._rows = list(map(dict, map(zip, repeat(tuple(names)), tuples)))
+        # 66 us for a comprehension with zip(strict=True).
+        result._rows = list(map(dict, map(zip, repeat(keys), tuples)))
         return result
 
     @property
