@@ -26,6 +26,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 EXAMPLES = ROOT / "docs" / "examples"
 
+pytestmark = pytest.mark.skipif(
+    os.environ.get("PGPOOL_TEST_LOOP") == "uvloop",
+    reason="the new projects run in virtualenvs of their own, on their own event loop",
+)
+
 
 def example_files(directory: Path) -> dict[str, str]:
     """The files a page shows for a project: its Python files and its ``pytest.ini``."""
