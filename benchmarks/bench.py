@@ -245,7 +245,9 @@ async def pool_pass(
                     await run_for(getattr(contender, method), size, 0.1)
             for cell in (c for c in mode.cells if c.pool == size):
                 for round_no in range(mode.rounds):
-                    order: list[Any] = [c for c in opened if cell.tasks <= c.max_tasks]
+                    order: list[Any] = [
+                        c for c in opened if cell.tasks <= getattr(c, "max_tasks", cell.tasks)
+                    ]
                     if pgbench_binary and cell.pool == 10:  # pgbench has no pool: once per c
                         order.append("pgbench")
                         if cell.key == PGBENCH_SELECT_ONLY_CELL:

@@ -83,8 +83,11 @@ class _BareConnection:
         loop, fd = asyncio.get_running_loop(), raw.fileno()
         while (state := raw.poll()) != psycopg2.extensions.POLL_OK:
             ready = loop.create_future()
-            watch = loop.add_writer if state == psycopg2.extensions.POLL_WRITE else loop.add_reader
-            stop = loop.remove_writer if watch == loop.add_writer else loop.remove_reader
+            watch, stop = (
+                (loop.add_writer, loop.remove_writer)
+                if state == psycopg2.extensions.POLL_WRITE
+                else (loop.add_reader, loop.remove_reader)
+            )
             watch(fd, ready.set_result, None)
             try:
                 await ready
@@ -288,7 +291,6 @@ def http_leg(
                     row[f"{leg}_rate"] = statistics.median(v[0] for v in values)
                     row[f"{leg}_p99"] = statistics.median(v[1] for v in values)
                     row[f"{leg}_cpu_us"] = statistics.median(v[2] for v in values)
-                row["ratio"] = row["db_ratio"]
                 rows.append(row)
                 floor = (
                     f"; bare psycopg2 {row['bare_ratio']:.2f}, {row['bare_cpu_us']:.0f} us/req"
@@ -297,7 +299,7 @@ def http_leg(
                 )
                 print(
                     f"  {loop_kind:7} HTTP {app_kind:18} c={conns:<3} {row['db_rate']:6.0f} req/s"
-                    f" = {row['ratio']:.2f} of {row['nodb_rate']:.0f}; app CPU"
+                    f" = {row['db_ratio']:.2f} of {row['nodb_rate']:.0f}; app CPU"
                     f" {row['db_cpu_us']:.0f} vs {row['nodb_cpu_us']:.0f} us/req{floor}"
                 )
         finally:

@@ -20,14 +20,12 @@ from typing import Any, ClassVar, Protocol
 W2_SQL = "SELECT a, b, c, d, e FROM bench_rows"
 W3_SQL = "UPDATE bench_tx SET n = n + 1 WHERE id = %s"
 W3_ROWS = 1000
-EVERY_CELL = 1_000_000  # a contender's max_tasks when it runs in every cell
 
 
 class Contender(Protocol):
     name: str
     needs: ClassVar[tuple[str, ...]]
-    #: Runs in the cells of at most this many tasks.
-    max_tasks: ClassVar[int]
+    # Optional: ``max_tasks``, the most tasks of a cell it runs in (default: every cell).
 
     async def open(self, url: str, size: int) -> None: ...
     async def select1(self) -> None: ...
@@ -42,7 +40,6 @@ class Aiopg:
 
     name = "aiopg"
     needs: ClassVar[tuple[str, ...]] = ("aiopg",)
-    max_tasks: ClassVar[int] = EVERY_CELL
 
     async def open(self, url: str, size: int) -> None:
         import aiopg
@@ -80,7 +77,6 @@ class Pgpool:
 
     name = "pgpool"
     needs: ClassVar[tuple[str, ...]] = ("pgpool_core",)
-    max_tasks: ClassVar[int] = EVERY_CELL
 
     async def open(self, url: str, size: int) -> None:
         from pgpool_core import PoolManager
@@ -149,7 +145,6 @@ class PsycopgPool:
 
     name = "psycopg_pool"
     needs: ClassVar[tuple[str, ...]] = ("psycopg", "psycopg_pool")
-    max_tasks: ClassVar[int] = EVERY_CELL
 
     async def open(self, url: str, size: int) -> None:
         from psycopg.rows import dict_row
@@ -185,7 +180,6 @@ class Asyncpg:
 
     name = "asyncpg"
     needs: ClassVar[tuple[str, ...]] = ("asyncpg",)
-    max_tasks: ClassVar[int] = EVERY_CELL
     reset: Any = None  # asyncpg's default
 
     async def open(self, url: str, size: int) -> None:
@@ -230,7 +224,6 @@ class SprocketsPostgres:
 
     name = "sprockets-postgres"
     needs: ClassVar[tuple[str, ...]] = ("sprockets_postgres", "sprockets.http")
-    max_tasks: ClassVar[int] = EVERY_CELL
 
     async def open(self, url: str, size: int) -> None:
         from sprockets.http import app as sprockets_app

@@ -163,21 +163,20 @@ class Checkout:
             if slot is None:
                 break
             if now - slot.last_used < self._validate_after and not slot.conn.has_pending_input():
-                if slot.holder is not me:
-                    slot.holder, slot.reuses = me, 0
+                _hold(slot, me)
                 return slot
             # Idle long enough that the server may have dropped it (restart,
             # pg_terminate_backend, idle timeouts), or the server sent something while it
             # sat idle: prove it alive before handing it out.
             if await self._alive(slot, wait_until):
-                slot.holder, slot.reuses = me, 0
+                _hold(slot, me)
                 return slot
             state = self._state()
             if not state.serving:  # stop() began during the ping: no waiter would be served
                 raise refusal(self._pool_name(), state)
             now = self._clock()
         slot = await self.queue.wait(wait_until, wait)
-        slot.holder, slot.reuses = me, 0  # handed over by a caller that gave it back
+        _hold(slot, me)  # handed over by a caller that gave it back
         return slot
 
     async def _alive(self, slot: Slot, wait_until: float) -> bool:
@@ -195,6 +194,12 @@ class Checkout:
             self._release(slot)
             raise
         return True
+
+
+def _hold(slot: Slot, task: asyncio.Task[Any] | None) -> None:
+    """``task`` has ``slot`` now; its reuses in a row count afresh when the holder changes."""
+    if slot.holder is not task:
+        slot.holder, slot.reuses = task, 0
 
 
 class NotStarted:
